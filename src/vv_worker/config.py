@@ -1,0 +1,107 @@
+"""Worker settings from ``VV_*`` environment variables, validated once at start.
+
+A bad setting raises :class:`ConfigError` with the variable's name, so the worker stops
+before it loads anything instead of failing on the first job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "VV_"
+DEFAULT_MODEL = "vibevoice/VibeVoice-7B-hf"
+
+
+class ConfigError(RuntimeError):
+    """A setting is invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the worker. Field ``x`` is read from ``VV_X``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    model: str = Field(DEFAULT_MODEL, min_length=1, description="Hub repo id or local folder of the checkpoint")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+
+    cfg_scale: float = Field(1.3, ge=1.0, le=10.0, allow_inf_nan=False, description="Default guidance scale")
+    diffusion_steps: int = Field(10, ge=1, le=50, description="Default diffusion steps per frame")
+
+    max_text_chars: int = Field(5000, ge=1, le=200_000, description="Longest accepted text, in characters")
+    frames_per_char: float = Field(
+        1.0, gt=0, le=10, allow_inf_nan=False, description="Generation cap: frames allowed per text character"
+    )
+    extra_frames: int = Field(15, ge=0, le=10_000, description="Generation cap: frames added to every request")
+    max_frames: int = Field(6000, ge=1, le=100_000, description="Generation cap: hard ceiling (7.5 frames/s)")
+
+    voices_dir: Path = Field(Path("voices"), description="Folder holding the voice library manifest and audio")
+    default_voice: str | None = Field(None, description="Library voice used when a request names none")
+    url_timeout_s: float = Field(15.0, gt=0, le=300, allow_inf_nan=False)
+    url_max_bytes: int = Field(20_000_000, ge=1024, le=500_000_000)
+
+    @property
+    def model_is_local(self) -> bool:
+        return Path(self.model).expanduser().is_dir()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Concrete choices derived from the settings and the machine: no 'auto' left."""
+
+    device: str
+    dtype: str
+    attn_implementation: str
+
+
+def resolve_runtime(settings: Settings) -> Runtime:
+    """Turn the ``auto`` values into concrete ones for this machine."""
+    import torch
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{ENV_PREFIX}DEVICE={settings.device} but no CUDA device is visible to torch")
+
+    dtype = settings.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    elif device == "cpu" and dtype != "float32":
+        raise ConfigError(f"{ENV_PREFIX}DTYPE={dtype} is not supported on the CPU; use float32 or auto")
+
+    attn = settings.attn_implementation
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if attn == "auto":
+        attn = "flash_attention_2" if device.startswith("cuda") and has_flash and dtype != "float32" else "sdpa"
+    elif attn == "flash_attention_2" and not (device.startswith("cuda") and has_flash and dtype != "float32"):
+        raise ConfigError(
+            f"{ENV_PREFIX}ATTN_IMPLEMENTATION=flash_attention_2 needs a CUDA device, the flash_attn package "
+            "and dtype bfloat16 or float16; use sdpa or auto"
+        )
+    return Runtime(device=device, dtype=dtype, attn_implementation=attn)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        name = f"{ENV_PREFIX}{str(item['loc'][0]).upper()}" if item["loc"] else "settings"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+        lines.append(f"{name}: {item['msg']}{shown}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; raise ConfigError naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None

@@ -1,0 +1,57 @@
+"""Hooks into transformers' ``generate``: temperature sampling and frame progress."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessor
+from transformers.generation.streamers import BaseStreamer
+
+from .base import ProgressCallback
+
+
+class AllowedTokenSampler(LogitsProcessor):
+    """Sample the next token at ``temperature`` among the tokens VibeVoice may emit.
+
+    Stock VibeVoice generation always takes the argmax. This processor draws a token from
+    softmax(logits / temperature) restricted to ``allowed_ids`` and returns scores where only
+    that token is finite, so the argmax that follows selects it.
+    """
+
+    def __init__(self, allowed_ids: list[int], temperature: float, generator: torch.Generator):
+        if temperature <= 0:
+            raise ValueError("temperature must be positive")
+        self.allowed_ids = torch.tensor(sorted(set(allowed_ids)), dtype=torch.long)
+        self.temperature = temperature
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        allowed = self.allowed_ids.to(scores.device)
+        logits = scores[:, allowed].float() / self.temperature
+        probs = torch.softmax(logits, dim=-1)
+        picks = torch.multinomial(probs.to(self.generator.device), 1, generator=self.generator).to(scores.device)
+        chosen = allowed[picks]  # (batch, 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen, 0.0)
+
+
+class FrameProgress(BaseStreamer):
+    """Counts generated audio frames and reports them; ``generate`` calls ``put`` once per step."""
+
+    def __init__(self, audio_token_id: int, frame_cap: int, callback: ProgressCallback):
+        self.audio_token_id = audio_token_id
+        self.frame_cap = frame_cap
+        self.callback = callback
+        self.frames = 0
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # the first call carries the prompt
+            self._prompt_seen = True
+            return
+        new = int((value == self.audio_token_id).sum())
+        if new:
+            self.frames += new
+            self.callback(self.frames, self.frame_cap)
+
+    def end(self) -> None:
+        pass

@@ -1,0 +1,97 @@
+"""RunPod glue: load once at cold start, then validate -> synthesize -> output or ``{"error": ...}``.
+
+    python -m vv_worker.handler                       # the serverless worker
+    python -m vv_worker.handler --test_input '{"input": {"text": "Hello"}}'
+    python -m vv_worker.handler --rp_serve_api --rp_api_port 8000
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from .audio import AudioError
+from .config import ConfigError, load_settings
+from .engine.base import EngineError, ProgressCallback
+from .schema import RequestError
+from .service import SynthesisService
+from .voices import VoiceError
+
+log = logging.getLogger("vv_worker")
+
+PROGRESS_INTERVAL_S = 1.0
+_service: SynthesisService | None = None
+
+
+def _progress_reporter(job: dict) -> ProgressCallback | None:
+    """Send RunPod progress updates at most once a second; only when running on RunPod."""
+    if not os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"):
+        return None
+    import runpod
+
+    last = [0.0]
+
+    def report(frames: int, cap: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_INTERVAL_S:
+            last[0] = now
+            runpod.serverless.progress_update(job, {"frames": frames, "frame_cap": cap})
+
+    return report
+
+
+def handle_job(job: dict, service: SynthesisService) -> dict[str, Any]:
+    """Run one job; every failure becomes ``{"error": message}`` and the worker carries on."""
+    job_input = job.get("input") if isinstance(job, dict) else None
+    try:
+        return service.synthesize(job_input, on_progress=_progress_reporter(job))
+    except (RequestError, AudioError, VoiceError, EngineError) as error:
+        return {"error": str(error)}
+    except Exception as error:  # the worker must survive any single job
+        import torch
+
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+            return {"error": "the GPU ran out of memory for this request; try a shorter text"}
+        log.exception("job %s failed", job.get("id") if isinstance(job, dict) else None)
+        return {"error": f"internal error during synthesis ({type(error).__name__}): {error}"}
+
+
+def handler(job: dict) -> dict[str, Any]:
+    """The function RunPod calls for each job."""
+    if _service is None:
+        return {"error": "the worker is not initialised"}
+    return handle_job(job, _service)
+
+
+def _warm_up_audio() -> None:
+    """Compile librosa's time-stretch kernels in the background so the first speed request is fast."""
+    import numpy as np
+
+    from .audio import time_stretch
+
+    time_stretch(np.zeros(4800, dtype=np.float32) + 0.01, 1.5)
+
+
+def main() -> None:
+    global _service
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        _service = SynthesisService.from_settings(settings)
+    except (ConfigError, EngineError) as error:
+        print(f"vv-worker cannot start: {error}", file=sys.stderr)
+        sys.exit(2)
+    threading.Thread(target=_warm_up_audio, name="warm-up-audio", daemon=True).start()
+
+    import runpod
+
+    runpod.serverless.start({"handler": handler})
+
+
+if __name__ == "__main__":
+    main()

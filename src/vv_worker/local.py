@@ -1,0 +1,102 @@
+"""Command-line synthesis on your own machine, through the same service as the worker.
+
+    python -m vv_worker.local --text "Hello there" [--voice NAME | --reference FILE]
+                              [--seed N] [--out out.wav] [--model ID_OR_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .audio import AudioError
+from .config import ConfigError, load_settings
+from .engine.base import EngineError
+from .schema import RequestError
+from .voices import VoiceError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m vv_worker.local", description="Synthesize speech to a file.")
+    parser.add_argument("--text", required=True, help="what to say")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--voice", help="a voice library name (see voices/manifest.json)")
+    source.add_argument("--reference", type=Path, help="an audio file of the voice to clone")
+    parser.add_argument("--seed", type=int, help="same seed, text and voice: same audio")
+    parser.add_argument("--out", type=Path, default=Path("out.wav"), help="output WAV path (default out.wav)")
+    parser.add_argument("--model", help="hub repo id or local folder (default: VV_MODEL)")
+    parser.add_argument("--cfg-scale", type=float, help="guidance scale (default: VV_CFG_SCALE)")
+    parser.add_argument("--steps", type=int, help="diffusion steps (default: VV_DIFFUSION_STEPS)")
+    parser.add_argument("--temperature", type=float, help="sample the LM's tokens at this temperature")
+    parser.add_argument("--speed", type=float, help="tempo, 0.5 to 2.0, pitch kept")
+    return parser.parse_args(argv)
+
+
+def build_payload(args: argparse.Namespace) -> dict:
+    """The same request a RunPod client would send."""
+    payload: dict = {"text": args.text}
+    if args.voice:
+        payload["voice"] = args.voice
+    if args.reference:
+        payload["reference_audio"] = base64.b64encode(args.reference.read_bytes()).decode("ascii")
+    if args.seed is not None:
+        payload["seed"] = args.seed
+    if args.cfg_scale is not None:
+        payload["cfg_scale"] = args.cfg_scale
+    if args.steps is not None:
+        payload["diffusion_steps"] = args.steps
+    settings = {k: v for k, v in (("temperature", args.temperature), ("speed", args.speed)) if v is not None}
+    if settings:
+        payload["voice_settings"] = settings
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.reference is not None and not args.reference.is_file():
+        print(f"error: --reference {args.reference}: no such file", file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    from .service import SynthesisService
+
+    try:
+        settings = load_settings(**({"model": args.model} if args.model else {}))
+        print(f"loading {settings.model} ...", file=sys.stderr)
+        service = SynthesisService.from_settings(settings)
+        payload = build_payload(args)
+        bar = tqdm(desc="generating", unit="frame", total=None, file=sys.stderr)
+
+        def progress(frames: int, cap: int) -> None:
+            bar.total = cap
+            bar.update(frames - bar.n)
+
+        try:
+            result = service.synthesize(payload, on_progress=progress)
+        finally:
+            bar.close()
+    except (ConfigError, EngineError, RequestError, AudioError, VoiceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(base64.b64decode(result["audio_b64"]))
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    metrics = result["metrics"]
+    print(
+        f"wrote {os.fspath(args.out)}: {result['duration_seconds']:.2f} s of audio, "
+        f"real-time factor {metrics['real_time_factor']:.3f} "
+        f"({metrics['generation_seconds']:.2f} s for {metrics['frames']} frames), "
+        f"seed {result['seed_used']}, voice {result['voice_used'] or 'none'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Where a request's voice comes from: the voice library, base64 audio, or a URL."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .audio import AudioError, decode_base64, read_audio, resample
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+
+
+class VoiceError(ValueError):
+    """A voice could not be found or fetched; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class VoiceEntry:
+    name: str
+    file: str
+    url: str
+    sha256: str
+    license: str
+    language: str
+    gender: str
+    description: str
+
+    def public(self) -> dict:
+        """Metadata for list_voices (no paths or hashes)."""
+        return {
+            "name": self.name,
+            "language": self.language,
+            "gender": self.gender,
+            "description": self.description,
+            "license": self.license,
+        }
+
+
+class VoiceLibrary:
+    """The voices listed in ``<dir>/manifest.json`` whose recordings are present in ``<dir>``."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.entries: dict[str, VoiceEntry] = {}
+        manifest = self.folder / MANIFEST_NAME
+        if manifest.is_file():
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            for item in data.get("voices", []):
+                entry = VoiceEntry(**item)
+                self.entries[entry.name.lower()] = entry
+        self._samples: dict[str, np.ndarray] = {}
+
+    def available(self) -> list[VoiceEntry]:
+        """Manifest entries whose audio file exists, in manifest order."""
+        return [entry for entry in self.entries.values() if (self.folder / entry.file).is_file()]
+
+    def names(self) -> list[str]:
+        return [entry.name for entry in self.available()]
+
+    def load(self, name: str) -> np.ndarray:
+        """The voice's samples (float32 mono, 24 kHz), decoded once and kept in memory."""
+        key = name.lower()
+        entry = self.entries.get(key)
+        if entry is None or not (self.folder / entry.file).is_file():
+            known = ", ".join(self.names()) or "none (the voice library is empty)"
+            raise VoiceError(f"voice: unknown voice {name!r}; available voices: {known}")
+        if key not in self._samples:
+            raw = (self.folder / entry.file).read_bytes()
+            samples, rate = read_audio(raw, f"voice {entry.name}")
+            self._samples[key] = resample(samples, rate)
+        return self._samples[key]
+
+
+def fetch_url(url: str, *, timeout_s: float, max_bytes: int) -> bytes:
+    """Download a reference with the runpod SDK's SSRF-safe fetch (public addresses only).
+
+    Private and loopback targets are refused unless RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=true,
+    the SDK's own switch for that.
+    """
+    import requests
+    from runpod.serverless.utils.rp_ssrf import SSRFError, iter_content_capped, safe_get
+
+    try:
+        response = safe_get(url, timeout=timeout_s, max_bytes=max_bytes)
+        try:
+            if response.status_code != 200:
+                raise VoiceError(f"reference_audio_url: the server answered HTTP {response.status_code}")
+            return b"".join(iter_content_capped(response, 65536, max_bytes))
+        finally:
+            response.close()
+    except SSRFError as error:
+        raise VoiceError(f"reference_audio_url: refused: {error}") from None
+    except requests.Timeout:
+        raise VoiceError(f"reference_audio_url: no answer within {timeout_s:g} s") from None
+    except requests.RequestException as error:
+        raise VoiceError(f"reference_audio_url: could not fetch: {type(error).__name__}") from None
+
+
+def reference_from_bytes(raw: bytes, field: str) -> np.ndarray:
+    samples, rate = read_audio(raw, field)
+    return resample(samples, rate)
+
+
+def reference_from_base64(data: str, field: str = "reference_audio") -> np.ndarray:
+    return reference_from_bytes(decode_base64(data, field), field)
+
+
+__all__ = [
+    "AudioError",
+    "VoiceEntry",
+    "VoiceError",
+    "VoiceLibrary",
+    "fetch_url",
+    "reference_from_base64",
+    "reference_from_bytes",
+]
