@@ -51,8 +51,7 @@ def read_audio(raw: bytes, field: str, max_seconds: float = 600.0) -> tuple[np.n
         raise AudioError(f"{field}: {info.channels} channels; at most {MAX_REFERENCE_CHANNELS} are accepted")
     if info.frames > max_seconds * info.samplerate:
         raise AudioError(
-            f"{field}: declares {info.frames / info.samplerate:.1f} s of audio; at most {max_seconds:.0f} s "
-            "is decoded"
+            f"{field}: declares {info.frames / info.samplerate:.1f} s of audio; at most {max_seconds:.0f} s is decoded"
         )
     try:
         samples, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)

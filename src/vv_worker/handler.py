@@ -1,8 +1,8 @@
 """RunPod glue: load once at cold start, then validate -> synthesize -> output or ``{"error": ...}``.
 
-    python -m vv_worker.handler                       # the serverless worker
-    python -m vv_worker.handler --test_input '{"input": {"text": "Hello"}}'
-    python -m vv_worker.handler --rp_serve_api --rp_api_port 8000
+python -m vv_worker.handler                       # the serverless worker
+python -m vv_worker.handler --test_input '{"input": {"text": "Hello"}}'
+python -m vv_worker.handler --rp_serve_api --rp_api_port 8000
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Command-line synthesis on your own machine, through the same service as the worker.
 
-    python -m vv_worker.local --text "Hello there" [--voice NAME | --reference FILE]
-                              [--seed N] [--out out.wav] [--model ID_OR_DIR]
+python -m vv_worker.local --text "Hello there" [--voice NAME | --reference FILE]
+                          [--seed N] [--out out.wav] [--model ID_OR_DIR]
 """
 
 from __future__ import annotations

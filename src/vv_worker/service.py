@@ -33,9 +33,7 @@ class SynthesisService:
         self.settings = settings
         self.engine = engine
         self.voices = voices
-        if settings.default_voice and settings.default_voice.lower() not in {
-            name.lower() for name in voices.names()
-        }:
+        if settings.default_voice and settings.default_voice.lower() not in {name.lower() for name in voices.names()}:
             raise ConfigError(
                 f"VV_DEFAULT_VOICE={settings.default_voice!r} is not in the voice library at "
                 f"{voices.folder} (available: {', '.join(voices.names()) or 'none'})"
