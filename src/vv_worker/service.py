@@ -100,7 +100,7 @@ class SynthesisService:
             "format": "wav",
             "mime_type": "audio/wav",
             "sample_rate": audio.MODEL_SAMPLE_RATE,
-            "duration_seconds": round(duration, 4),
+            "duration_seconds": duration,
             "seed_used": seed,
             "voice_used": voice.used,
             "text_length": len(request.text),

@@ -1,0 +1,148 @@
+"""The three ways people run the worker, each as a real subprocess on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import soundfile as sf
+from conftest import decode_wav
+
+from vv_worker.engine import SAMPLES_PER_FRAME
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_local_cli_writes_a_playable_wav(subprocess_env, tmp_path):
+    out = tmp_path / "nested" / "hello.wav"
+    done = subprocess.run(
+        [sys.executable, "-m", "vv_worker.local", "--text", "Hello from the command line."]
+        + ["--seed", "4", "--out", str(out)],
+        env=subprocess_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.subtype) == (24000, 1, "PCM_16")
+    assert info.frames > 0 and info.frames % SAMPLES_PER_FRAME == 0
+    assert f"wrote {out}" in done.stdout
+    assert "real-time factor" in done.stdout and f"{info.frames / 24000:.2f} s of audio" in done.stdout
+    assert "generating" in done.stderr  # the progress bar
+
+
+def test_local_cli_reports_bad_input_without_a_traceback(subprocess_env, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "vv_worker.local", "--text", "Hi", "--speed", "9"],
+        env=subprocess_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 2
+    assert "voice_settings.speed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_handler_test_input_mode(subprocess_env, tmp_path):
+    job = {"input": {"text": "Testing the test input mode.", "seed": 2}}
+    done = subprocess.run(
+        [sys.executable, "-m", "vv_worker.handler", "--test_input", json.dumps(job)],
+        env=subprocess_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Job local_test completed successfully." in done.stdout
+
+
+def test_handler_test_input_mode_fails_cleanly_on_bad_input(subprocess_env, tmp_path):
+    job = {"input": {"text": "", "seed": 2}}
+    done = subprocess.run(
+        [sys.executable, "-m", "vv_worker.handler", "--test_input", json.dumps(job)],
+        env=subprocess_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 1
+    assert "text: text is empty" in done.stdout
+
+
+def test_bad_setting_stops_the_worker_with_the_variable_name(subprocess_env, tmp_path):
+    env = dict(subprocess_env, VV_DIFFUSION_STEPS="500")
+    done = subprocess.run(
+        [sys.executable, "-m", "vv_worker.handler", "--test_input", '{"input": {"text": "x"}}'],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "VV_DIFFUSION_STEPS" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_local_api_server_answers_runsync_over_http(subprocess_env, tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vv_worker.handler", "--rp_serve_api", "--rp_api_port", str(port)]
+        + ["--rp_api_host", "127.0.0.1"],
+        env=subprocess_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the API server did not start"
+                time.sleep(0.5)
+
+        def runsync(payload: dict) -> dict:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/runsync",
+                data=json.dumps({"input": payload}).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.load(response)
+
+        body = runsync({"text": "Hello over HTTP.", "seed": 8})
+        assert body["status"] == "COMPLETED", body
+        samples, rate, _ = decode_wav(body["output"]["audio_b64"])
+        assert rate == 24000 and samples.size == body["output"]["metrics"]["frames"] * SAMPLES_PER_FRAME
+
+        failed = runsync({"text": "hi", "seed": "eight"})
+        assert "seed: Input should be a valid integer" in json.dumps(failed)
+
+        again = runsync({"text": "Hello over HTTP.", "seed": 8})
+        assert again["output"]["audio_b64"] == body["output"]["audio_b64"]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
