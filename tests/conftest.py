@@ -51,7 +51,11 @@ def service(tiny_model_dir, empty_voices_dir):
     from vv_worker.config import load_settings
     from vv_worker.service import SynthesisService
 
-    return SynthesisService.from_settings(load_settings(model=str(tiny_model_dir), voices_dir=empty_voices_dir))
+    # a smaller frame cap than the default keeps the suite quick; every assertion derives from it
+    settings = load_settings(
+        model=str(tiny_model_dir), voices_dir=empty_voices_dir, frames_per_char=0.25, extra_frames=4
+    )
+    return SynthesisService.from_settings(settings)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from conftest import decode_wav, speechlike, wav_base64
@@ -47,7 +49,7 @@ def test_frame_cap_ends_generation_and_the_response_says_so(service):
 
 def test_frame_cap_grows_with_text_and_is_bounded(service):
     s = service.settings
-    assert service.frame_cap("a" * 10) == s.extra_frames + 10
+    assert service.frame_cap("a" * 10) == s.extra_frames + math.ceil(s.frames_per_char * 10)
     assert service.frame_cap("a" * 100) > service.frame_cap("a" * 10)
     assert service.frame_cap("a" * 100_000) == s.max_frames
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "VV_"
@@ -44,8 +44,23 @@ class Settings(BaseSettings):
 
     voices_dir: Path = Field(Path("voices"), description="Folder holding the voice library manifest and audio")
     default_voice: str | None = Field(None, description="Library voice used when a request names none")
-    url_timeout_s: float = Field(15.0, gt=0, le=300, allow_inf_nan=False)
-    url_max_bytes: int = Field(20_000_000, ge=1024, le=500_000_000)
+    url_timeout_s: float = Field(15.0, gt=0, le=300, allow_inf_nan=False, description="reference_audio_url timeout")
+    url_max_bytes: int = Field(20_000_000, ge=1024, le=500_000_000, description="reference_audio_url size cap")
+    reference_min_s: float = Field(1.0, gt=0, le=600, allow_inf_nan=False, description="Shortest voice after trim")
+    reference_max_s: float = Field(60.0, gt=0, le=600, allow_inf_nan=False, description="Longest voice after trim")
+
+    max_inline_bytes: int = Field(
+        7_000_000, ge=1024, le=100_000_000, description="Larger encoded audio is uploaded to the bucket instead"
+    )
+    bucket_name: str | None = Field(None, description="Bucket for uploads (BUCKET_* variables hold the endpoint)")
+
+    @model_validator(mode="after")
+    def _reference_bounds_ordered(self) -> Settings:
+        if self.reference_min_s > self.reference_max_s:
+            raise ValueError(
+                f"VV_REFERENCE_MIN_S ({self.reference_min_s}) is above VV_REFERENCE_MAX_S ({self.reference_max_s})"
+            )
+        return self
 
     @property
     def model_is_local(self) -> bool:
@@ -93,6 +108,9 @@ def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         name = f"{ENV_PREFIX}{str(item['loc'][0]).upper()}" if item["loc"] else "settings"
+        if not item["loc"]:  # a check across fields names its variables itself
+            lines.append(item["msg"].removeprefix("Value error, "))
+            continue
         value = item.get("input")
         shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
         lines.append(f"{name}: {item['msg']}{shown}")

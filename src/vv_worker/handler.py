@@ -48,7 +48,7 @@ def handle_job(job: dict, service: SynthesisService) -> dict[str, Any]:
     """Run one job; every failure becomes ``{"error": message}`` and the worker carries on."""
     job_input = job.get("input") if isinstance(job, dict) else None
     try:
-        return service.synthesize(job_input, on_progress=_progress_reporter(job))
+        return service.handle(job_input, on_progress=_progress_reporter(job))
     except (RequestError, AudioError, VoiceError, EngineError) as error:
         return {"error": str(error)}
     except Exception as error:  # the worker must survive any single job

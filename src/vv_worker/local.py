@@ -27,7 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--voice", help="a voice library name (see voices/manifest.json)")
     source.add_argument("--reference", type=Path, help="an audio file of the voice to clone")
     parser.add_argument("--seed", type=int, help="same seed, text and voice: same audio")
-    parser.add_argument("--out", type=Path, default=Path("out.wav"), help="output WAV path (default out.wav)")
+    parser.add_argument("--speaker", action="append", default=[], metavar="N=VOICE", help="voice of Speaker N")
+    parser.add_argument("--out", type=Path, help="output path (default out.<format>)")
+    parser.add_argument("--format", choices=["wav", "flac", "mp3", "ogg"], default="wav", help="output format")
+    parser.add_argument("--sample-rate", type=int, default=24000, help="output sample rate, 8000 to 48000")
+    parser.add_argument("--normalize", type=float, help="target loudness in LUFS, e.g. -16")
+    parser.add_argument("--trim-silence", action="store_true", help="trim leading and trailing silence")
     parser.add_argument("--model", help="hub repo id or local folder (default: VV_MODEL)")
     parser.add_argument("--cfg-scale", type=float, help="guidance scale (default: VV_CFG_SCALE)")
     parser.add_argument("--steps", type=int, help="diffusion steps (default: VV_DIFFUSION_STEPS)")
@@ -38,7 +43,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_payload(args: argparse.Namespace) -> dict:
     """The same request a RunPod client would send."""
-    payload: dict = {"text": args.text}
+    payload: dict = {"text": args.text, "output_format": args.format, "sample_rate": args.sample_rate}
+    if args.normalize is not None:
+        payload["normalize"] = args.normalize
+    if args.trim_silence:
+        payload["trim_silence"] = True
+    speakers = {}
+    for item in args.speaker:
+        number, _, voice = item.partition("=")
+        path = Path(voice)
+        if path.is_file():
+            speakers[number.strip()] = {"reference_audio": base64.b64encode(path.read_bytes()).decode("ascii")}
+        else:
+            speakers[number.strip()] = voice
+    if speakers:
+        payload["speakers"] = speakers
     if args.voice:
         payload["voice"] = args.voice
     if args.reference:
@@ -84,13 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(base64.b64decode(result["audio_b64"]))
+    out = args.out or Path(f"out.{args.format}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if "audio_b64" in result:
+        out.write_bytes(base64.b64decode(result["audio_b64"]))
+    else:  # too large to return inline: uploaded to the configured bucket
+        import requests
+
+        response = requests.get(result["audio_url"], timeout=60)
+        response.raise_for_status()
+        out.write_bytes(response.content)
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     metrics = result["metrics"]
     print(
-        f"wrote {os.fspath(args.out)}: {result['duration_seconds']:.2f} s of audio, "
+        f"wrote {os.fspath(out)}: {result['duration_seconds']:.2f} s of audio, "
         f"real-time factor {metrics['real_time_factor']:.3f} "
         f"({metrics['generation_seconds']:.2f} s for {metrics['frames']} frames), "
         f"seed {result['seed_used']}, voice {result['voice_used'] or 'none'}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -18,6 +18,9 @@ SPEED_RANGE = (0.5, 2.0)
 TEMPERATURE_RANGE = (0.0, 2.0)  # exclusive lower bound
 CFG_SCALE_RANGE = (1.0, 10.0)
 DIFFUSION_STEPS_RANGE = (1, 50)
+SAMPLE_RATE_RANGE = (8000, 48000)
+LOUDNESS_RANGE = (-50.0, -5.0)  # target LUFS for ``normalize``
+OutputFormat = Literal["wav", "flac", "mp3", "ogg"]
 
 _KEEP_CONTROL = {"\n", "\t"}
 
@@ -47,6 +50,24 @@ class VoiceSettings(_Strict):
     )
 
 
+class SpeakerVoice(_Strict):
+    """One speaker's voice: exactly one source."""
+
+    voice: str | None = Field(None, min_length=1, max_length=128)
+    reference_audio: str | None = Field(None, min_length=1)
+    reference_audio_url: str | None = Field(None, min_length=1, max_length=4096)
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> SpeakerVoice:
+        given = [name for name in ("voice", "reference_audio", "reference_audio_url") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of voice, reference_audio or reference_audio_url"
+                + (f", got {' and '.join(given)}" if given else "")
+            )
+        return self
+
+
 class SynthesisRequest(_Strict):
     """One text-to-speech job. Validate with :func:`parse_request`."""
 
@@ -60,6 +81,27 @@ class SynthesisRequest(_Strict):
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Same seed, text, voice and device: same audio")
     cfg_scale: float | None = Field(None, ge=CFG_SCALE_RANGE[0], le=CFG_SCALE_RANGE[1])
     diffusion_steps: int | None = Field(None, ge=DIFFUSION_STEPS_RANGE[0], le=DIFFUSION_STEPS_RANGE[1])
+    speakers: dict[str, SpeakerVoice] | None = Field(
+        None, description="Script speaker number -> library voice name, or an object with one voice source"
+    )
+    output_format: OutputFormat = "wav"
+    sample_rate: int = Field(24000, ge=SAMPLE_RATE_RANGE[0], le=SAMPLE_RATE_RANGE[1])
+    normalize: float | None = Field(
+        None, ge=LOUDNESS_RANGE[0], le=LOUDNESS_RANGE[1], description="Target integrated loudness in LUFS"
+    )
+    trim_silence: bool = Field(False, description="Trim leading and trailing silence from the output")
+    action: Literal["synthesize"] = "synthesize"
+
+    @field_validator("speakers", mode="before")
+    @classmethod
+    def _speaker_names_to_sources(cls, value: Any) -> Any:
+        """Keys are the N of 'Speaker N:' lines; a bare string is a library voice name."""
+        if isinstance(value, dict):
+            for key in value:
+                if not (isinstance(key, str) and re.fullmatch(r"\d{1,3}", key)):
+                    raise ValueError(f"key {key!r} is not a speaker number (keys are the N of 'Speaker N:' lines)")
+            return {key: {"voice": item} if isinstance(item, str) else item for key, item in value.items()}
+        return value
 
     @field_validator("text")
     @classmethod
@@ -89,6 +131,10 @@ ALLOWED = {
     "diffusion_steps": f"an integer from {DIFFUSION_STEPS_RANGE[0]} to {DIFFUSION_STEPS_RANGE[1]}",
     "voice_settings.speed": f"a number from {SPEED_RANGE[0]} to {SPEED_RANGE[1]}",
     "voice_settings.temperature": f"a number above {TEMPERATURE_RANGE[0]} and at most {TEMPERATURE_RANGE[1]}",
+    "sample_rate": f"an integer from {SAMPLE_RATE_RANGE[0]} to {SAMPLE_RATE_RANGE[1]}",
+    "normalize": f"a target loudness in LUFS from {LOUDNESS_RANGE[0]} to {LOUDNESS_RANGE[1]}, or null",
+    "output_format": "wav, flac, mp3 or ogg",
+    "action": "synthesize or list_voices",
 }
 
 
@@ -104,7 +150,7 @@ def _describe_error(item: dict[str, Any]) -> str:
     loc = ".".join(str(part) for part in item["loc"]) or "input"
     kind = item["type"]
     if kind == "extra_forbidden":
-        parent = VoiceSettings if item["loc"][:1] == ("voice_settings",) else SynthesisRequest
+        parent = {"voice_settings": VoiceSettings, "speakers": SpeakerVoice}.get(str(item["loc"][0]), SynthesisRequest)
         return f"{loc}: unknown field; allowed fields are: {_field_names(parent)}"
     if kind == "missing":
         return f"{loc}: required field is missing"
@@ -117,6 +163,8 @@ def _describe_error(item: dict[str, Any]) -> str:
         message = f"{message} (got {shown})"
     if loc in ALLOWED:
         message = f"{message}; allowed: {ALLOWED[loc]}"
+    elif loc.startswith("speakers.") and loc.count(".") == 1:
+        message = f"{message}; allowed: a library voice name, or an object with one of {_field_names(SpeakerVoice)}"
     return f"{loc}: {message}"
 
 

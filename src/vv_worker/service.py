@@ -1,11 +1,13 @@
-"""One validated request -> audio and metadata: voice, prompt, engine, audio out."""
+"""One validated request -> audio and metadata: voices, prompt, engine, audio out."""
 
 from __future__ import annotations
 
 import base64
 import math
+import os
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,16 +16,17 @@ from . import audio
 from .config import ConfigError, Settings
 from .engine import SAMPLES_PER_FRAME, GenerationJob
 from .engine.base import Engine, ProgressCallback
-from .prompt import single_speaker_script
-from .schema import SynthesisRequest, parse_request
-from .voices import VoiceLibrary, fetch_url, reference_from_base64, reference_from_bytes
+from .prompt import Script, ScriptError, parse_script
+from .schema import RequestError, SpeakerVoice, SynthesisRequest, parse_request
+from .voices import VoiceLibrary, fetch_url, reference_from_base64
+
+BUCKET_VARIABLES = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
 
 
 @dataclass
 class ResolvedVoice:
     samples: np.ndarray | None
     used: str | None  # library name, "reference_audio", "reference_audio_url" or None
-    warning: str | None = None
 
 
 class SynthesisService:
@@ -33,7 +36,8 @@ class SynthesisService:
         self.settings = settings
         self.engine = engine
         self.voices = voices
-        if settings.default_voice and settings.default_voice.lower() not in {name.lower() for name in voices.names()}:
+        self.reference_limits = audio.ReferenceLimits(settings.reference_min_s, settings.reference_max_s)
+        if settings.default_voice and settings.default_voice.lower() not in {n.lower() for n in voices.names()}:
             raise ConfigError(
                 f"VV_DEFAULT_VOICE={settings.default_voice!r} is not in the voice library at "
                 f"{voices.folder} (available: {', '.join(voices.names()) or 'none'})"
@@ -45,37 +49,119 @@ class SynthesisService:
 
         return cls(settings, ReferenceEngine.load(settings), VoiceLibrary(settings.voices_dir))
 
+    # --- requests ---------------------------------------------------------------------------
+
+    def handle(self, payload: object, on_progress: ProgressCallback | None = None) -> dict:
+        """Dispatch a job's input on its ``action``: ``synthesize`` (the default) or ``list_voices``."""
+        if isinstance(payload, dict) and payload.get("action") == "list_voices":
+            extra = sorted(set(payload) - {"action"})
+            if extra:
+                raise RequestError(f"invalid input: list_voices takes no other fields, got {', '.join(extra)}")
+            return self.list_voices()
+        return self.synthesize(payload, on_progress)
+
+    def list_voices(self) -> dict:
+        default = self.default_voice()
+        return {
+            "voices": [entry.public() for entry in self.voices.available()],
+            "default_voice": default,
+        }
+
+    def default_voice(self) -> str | None:
+        if self.settings.default_voice:
+            return self.voices.canonical(self.settings.default_voice)
+        return next(iter(self.voices.names()), None)
+
     def frame_cap(self, text: str) -> int:
         """Most frames a text may generate, so a runaway generation stops (7.5 frames = 1 s)."""
         s = self.settings
         return min(s.max_frames, s.extra_frames + math.ceil(s.frames_per_char * len(text)))
 
-    def resolve_voice(self, request: SynthesisRequest) -> ResolvedVoice:
-        if request.voice:
-            return ResolvedVoice(self.voices.load(request.voice), self.voices.entries[request.voice.lower()].name)
-        if request.reference_audio:
-            return ResolvedVoice(reference_from_base64(request.reference_audio), "reference_audio")
-        if request.reference_audio_url:
-            raw = fetch_url(
-                request.reference_audio_url,
-                timeout_s=self.settings.url_timeout_s,
-                max_bytes=self.settings.url_max_bytes,
+    # --- voices -----------------------------------------------------------------------------
+
+    def _load_source(self, source: SpeakerVoice, field: str) -> ResolvedVoice:
+        if source.voice:
+            return ResolvedVoice(self.voices.load(source.voice), self.voices.canonical(source.voice))
+        if source.reference_audio:
+            return ResolvedVoice(
+                reference_from_base64(source.reference_audio, f"{field}reference_audio", self.reference_limits),
+                "reference_audio",
             )
-            return ResolvedVoice(reference_from_bytes(raw, "reference_audio_url"), "reference_audio_url")
-        default = self.settings.default_voice or next(iter(self.voices.names()), None)
-        if default is None:
-            return ResolvedVoice(None, None, "the voice library is empty: generated without a voice prompt")
-        return ResolvedVoice(self.voices.load(default), self.voices.entries[default.lower()].name)
+        raw = fetch_url(
+            source.reference_audio_url,
+            timeout_s=self.settings.url_timeout_s,
+            max_bytes=self.settings.url_max_bytes,
+            field=f"{field}reference_audio_url",
+        )
+        return ResolvedVoice(
+            audio.prepare_reference(raw, f"{field}reference_audio_url", self.reference_limits), "reference_audio_url"
+        )
+
+    def resolve_voices(self, request: SynthesisRequest, script: Script) -> tuple[dict[int, ResolvedVoice], list[str]]:
+        """Each prompt speaker's voice, by the documented precedence.
+
+        1. ``speakers[N]`` for the speaker of ``Speaker N:`` lines;
+        2. the top-level ``voice`` / ``reference_audio`` / ``reference_audio_url`` for the first speaker
+           (the only one, for plain text); giving both for one speaker is an error;
+        3. every other speaker: a distinct library voice, the default voice first, then manifest order;
+           when the library has too few, that speaker has no voice prompt (and a warning says so).
+        """
+        numbers = script.speaker_numbers
+        sources: dict[int, tuple[SpeakerVoice, str]] = {}
+        for key, source in (request.speakers or {}).items():
+            number = int(key)
+            if number not in numbers:
+                spoken = ", ".join(map(str, numbers)) if script.is_dialogue else "0 (plain text is Speaker 0)"
+                raise RequestError(
+                    f"invalid input: speakers.{key}: no line is spoken by Speaker {key}; speakers: {spoken}"
+                )
+            sources[numbers.index(number)] = (source, f"speakers.{key}.")
+        given = [name for name in ("voice", "reference_audio", "reference_audio_url") if getattr(request, name)]
+        if given:
+            if 0 in sources:
+                raise RequestError(
+                    f"invalid input: two voice sources for Speaker {numbers[0]}: {given[0]} and "
+                    f"speakers.{numbers[0]}; give one"
+                )
+            top = SpeakerVoice(**{name: getattr(request, name) for name in given})
+            sources[0] = (top, "")
+
+        resolved = {speaker: self._load_source(source, field) for speaker, (source, field) in sources.items()}
+        taken = {voice.used for voice in resolved.values()}
+        pool: list[str] = []
+        for name in [self.default_voice(), *self.voices.names()]:
+            if name and name not in taken and name not in pool:
+                pool.append(name)
+        warnings = []
+        for speaker in range(len(numbers)):
+            if speaker in resolved:
+                continue
+            if pool:
+                name = pool.pop(0)
+                resolved[speaker] = ResolvedVoice(self.voices.load(name), name)
+            else:
+                resolved[speaker] = ResolvedVoice(None, None)
+                label = f"Speaker {numbers[speaker]}" if script.is_dialogue else "the text"
+                reason = "the voice library is empty" if not self.voices.names() else "no unused library voice is left"
+                warnings.append(f"{reason}: {label} was generated without a voice prompt")
+        return resolved, warnings
+
+    # --- synthesis --------------------------------------------------------------------------
 
     def synthesize(self, payload: object, on_progress: ProgressCallback | None = None) -> dict:
         """Validate ``payload`` (a job's input) and synthesize it. Raises on bad input."""
         started = time.perf_counter()
         request = parse_request(payload, max_text_chars=self.settings.max_text_chars)
-        voice = self.resolve_voice(request)
+        try:
+            script = parse_script(request.text)
+        except ScriptError as error:
+            raise RequestError(f"invalid input: {error}") from None
+        audio.check_output_format(request.output_format, request.sample_rate)
+        voices, warnings = self.resolve_voices(request, script)
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         job = GenerationJob(
-            script=single_speaker_script(request.text),
-            voices={0: voice.samples} if voice.samples is not None else {},
+            script=script.lines,
+            voices={speaker: v.samples for speaker, v in voices.items() if v.samples is not None},
             seed=seed,
             cfg_scale=request.cfg_scale if request.cfg_scale is not None else self.settings.cfg_scale,
             diffusion_steps=request.diffusion_steps or self.settings.diffusion_steps,
@@ -83,28 +169,30 @@ class SynthesisService:
             temperature=request.voice_settings.temperature,
         )
         result = self.engine.generate(job, on_progress=on_progress)
-
-        samples = audio.time_stretch(result.audio, request.voice_settings.speed)
-        wav = audio.encode_wav(samples, audio.MODEL_SAMPLE_RATE)
-        duration = samples.size / audio.MODEL_SAMPLE_RATE
-        generated_seconds = result.frames * SAMPLES_PER_FRAME / audio.MODEL_SAMPLE_RATE
-        warnings = [w for w in (voice.warning,) if w]
         if result.finish_reason == "frame_cap":
             warnings.append(
                 f"generation stopped at the frame cap ({job.max_frames} frames, "
                 f"{job.max_frames * SAMPLES_PER_FRAME / audio.MODEL_SAMPLE_RATE:.1f} s) before the model "
                 "ended the speech"
             )
+
+        samples, rate, loudness = self.render(result.audio, request)
+        encoded = audio.encode(samples, rate, request.output_format)
+        delivery = self.deliver(encoded, request.output_format)
+        generated_seconds = result.frames * SAMPLES_PER_FRAME / audio.MODEL_SAMPLE_RATE
+        speakers_used = {str(n): voices[i].used for i, n in enumerate(script.speaker_numbers)}
         return {
-            "audio_b64": base64.b64encode(wav).decode("ascii"),
-            "format": "wav",
-            "mime_type": "audio/wav",
-            "sample_rate": audio.MODEL_SAMPLE_RATE,
-            "duration_seconds": duration,
+            **delivery,
+            "format": request.output_format,
+            "mime_type": audio.mime_type(request.output_format),
+            "sample_rate": rate,
+            "duration_seconds": samples.size / rate,
             "seed_used": seed,
-            "voice_used": voice.used,
+            "voice_used": voices[0].used,
+            "speakers_used": speakers_used,
             "text_length": len(request.text),
             "finish_reason": result.finish_reason,
+            "loudness_lufs": loudness,
             "warnings": warnings,
             "metrics": {
                 "generation_seconds": round(result.generation_seconds, 4),
@@ -119,3 +207,36 @@ class SynthesisService:
                 "total_seconds": round(time.perf_counter() - started, 4),
             },
         }
+
+    @staticmethod
+    def render(samples: np.ndarray, request: SynthesisRequest) -> tuple[np.ndarray, int, float | None]:
+        """speed -> trim -> resample -> loudness, in that order. Returns samples, rate, measured LUFS."""
+        samples = audio.time_stretch(samples, request.voice_settings.speed)
+        if request.trim_silence:
+            samples = audio.trim_silence(samples, audio.MODEL_SAMPLE_RATE)
+        rate = request.sample_rate
+        samples = audio.resample(samples, audio.MODEL_SAMPLE_RATE, rate)
+        loudness = None
+        if request.normalize is not None and samples.size:
+            samples = audio.normalize_loudness(samples, rate, request.normalize)
+            loudness = audio.integrated_loudness(samples, rate)
+        return samples, rate, loudness
+
+    def deliver(self, encoded: bytes, output_format: str) -> dict:
+        """Inline base64 when small enough; otherwise uploaded to the configured bucket."""
+        limit = self.settings.max_inline_bytes
+        if len(encoded) <= limit:
+            return {"audio_b64": base64.b64encode(encoded).decode("ascii")}
+        missing = [name for name in BUCKET_VARIABLES if not os.environ.get(name)]
+        if missing:
+            raise RequestError(
+                f"the encoded audio is {len(encoded):,} bytes, over the inline limit of {limit:,} bytes "
+                "(VV_MAX_INLINE_BYTES; RunPod caps payloads at 10 MB for /run and 20 MB for /runsync, and base64 "
+                "adds a third). Ask for a compressed output_format (mp3 or ogg), or configure a bucket "
+                f"({', '.join(BUCKET_VARIABLES)}) so large results are uploaded; missing: {', '.join(missing)}"
+            )
+        from runpod.serverless.utils.rp_upload import upload_in_memory_object
+
+        name = f"{uuid.uuid4().hex}.{output_format}"
+        url = upload_in_memory_object(name, encoded, bucket_name=self.settings.bucket_name, prefix="vv-worker")
+        return {"audio_url": url, "audio_bytes": len(encoded)}

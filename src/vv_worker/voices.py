@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, decode_base64, read_audio, resample
+from .audio import AudioError, ReferenceLimits, decode_base64, prepare_reference
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ class VoiceLibrary:
     def names(self) -> list[str]:
         return [entry.name for entry in self.available()]
 
+    def canonical(self, name: str) -> str:
+        """The manifest's spelling of an available voice's name (lookup is case-insensitive)."""
+        self.load(name)
+        return self.entries[name.lower()].name
+
     def load(self, name: str) -> np.ndarray:
         """The voice's samples (float32 mono, 24 kHz), decoded once and kept in memory."""
         key = name.lower()
@@ -72,12 +77,11 @@ class VoiceLibrary:
             raise VoiceError(f"voice: unknown voice {name!r}; available voices: {known}")
         if key not in self._samples:
             raw = (self.folder / entry.file).read_bytes()
-            samples, rate = read_audio(raw, f"voice {entry.name}")
-            self._samples[key] = resample(samples, rate)
+            self._samples[key] = prepare_reference(raw, f"voice {entry.name}", ReferenceLimits())
         return self._samples[key]
 
 
-def fetch_url(url: str, *, timeout_s: float, max_bytes: int) -> bytes:
+def fetch_url(url: str, *, timeout_s: float, max_bytes: int, field: str = "reference_audio_url") -> bytes:
     """Download a reference with the runpod SDK's SSRF-safe fetch (public addresses only).
 
     Private and loopback targets are refused unless RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=true,
@@ -90,25 +94,20 @@ def fetch_url(url: str, *, timeout_s: float, max_bytes: int) -> bytes:
         response = safe_get(url, timeout=timeout_s, max_bytes=max_bytes)
         try:
             if response.status_code != 200:
-                raise VoiceError(f"reference_audio_url: the server answered HTTP {response.status_code}")
+                raise VoiceError(f"{field}: the server answered HTTP {response.status_code}")
             return b"".join(iter_content_capped(response, 65536, max_bytes))
         finally:
             response.close()
     except SSRFError as error:
-        raise VoiceError(f"reference_audio_url: refused: {error}") from None
+        raise VoiceError(f"{field}: refused: {error}") from None
     except requests.Timeout:
-        raise VoiceError(f"reference_audio_url: no answer within {timeout_s:g} s") from None
+        raise VoiceError(f"{field}: no answer within {timeout_s:g} s") from None
     except requests.RequestException as error:
-        raise VoiceError(f"reference_audio_url: could not fetch: {type(error).__name__}") from None
+        raise VoiceError(f"{field}: could not fetch: {type(error).__name__}") from None
 
 
-def reference_from_bytes(raw: bytes, field: str) -> np.ndarray:
-    samples, rate = read_audio(raw, field)
-    return resample(samples, rate)
-
-
-def reference_from_base64(data: str, field: str = "reference_audio") -> np.ndarray:
-    return reference_from_bytes(decode_base64(data, field), field)
+def reference_from_base64(data: str, field: str, limits: ReferenceLimits) -> np.ndarray:
+    return prepare_reference(decode_base64(data, field), field, limits)
 
 
 __all__ = [
@@ -118,5 +117,4 @@ __all__ = [
     "VoiceLibrary",
     "fetch_url",
     "reference_from_base64",
-    "reference_from_bytes",
 ]

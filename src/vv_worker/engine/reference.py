@@ -9,8 +9,9 @@ import time
 import numpy as np
 
 from ..config import Runtime, Settings, resolve_runtime
-from ..prompt import build_conversation
+from ..prompt import build_conversation, voice_order
 from .base import EngineError, GenerationJob, GenerationResult, ProgressCallback
+from .voice_cache import VoicePromptCache, voice_key
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class ReferenceEngine:
         self.model_id = model_id
         self.device = runtime.device
         self.dtype = runtime.dtype
+        self.voice_cache = VoicePromptCache(model)
         config = model.config
         self.audio_token_id = config.audio_token_id
         self.eos_token_id = config.eos_token_id
@@ -75,22 +77,46 @@ class ReferenceEngine:
         return cls(model, processor, runtime, settings.model)
 
     def prepare_inputs(self, job: GenerationJob) -> dict:
-        """Tokenized prompt and voice audio on the model's device, via the checkpoint's chat template.
+        """Tokenized prompt via the checkpoint's chat template, plus each voice's processed waveform.
 
         ``sanitize_control_tokens`` makes special tokens inside user text plain text, so a request
         cannot inject prompt structure.
         """
         conversation = build_conversation(job.script, job.voices)
-        inputs = self.processor.apply_chat_template(
+        batch = self.processor.apply_chat_template(
             conversation,
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
             sanitize_control_tokens=True,
         )
-        inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
-        if "input_values" in inputs:
-            inputs["input_values"] = inputs["input_values"].to(self.model.dtype)
+        device = self.model.device
+        prepared = {
+            "input_ids": batch["input_ids"].to(device),
+            "attention_mask": batch["attention_mask"].to(device),
+            "voices": [],
+        }
+        if "input_values" in batch:
+            values = batch["input_values"].to(device, self.model.dtype)
+            valid = batch["padding_mask"].sum(dim=-1).tolist()
+            for row, speaker in enumerate(voice_order(job.script, job.voices)):
+                prepared["voices"].append((voice_key(job.voices[speaker]), values[row : row + 1], int(valid[row])))
+        return prepared
+
+    def model_inputs(self, prepared: dict) -> dict:
+        """``generate`` keyword arguments; with voices, the prompt embeddings come from the voice cache.
+
+        Call right after seeding: the voices' sigma-VAE noise is the first draw, as in stock generate.
+        """
+        inputs = {"input_ids": prepared["input_ids"], "attention_mask": prepared["attention_mask"]}
+        if prepared["voices"]:
+            import torch
+
+            with torch.inference_mode():
+                embeds = self.model.get_input_embeddings()(prepared["input_ids"])
+                audio = self.voice_cache.prompt_embeddings(prepared["voices"]).to(embeds.dtype)
+                placeholders = (prepared["input_ids"] == self.audio_token_id).unsqueeze(-1).expand_as(embeds)
+                inputs["inputs_embeds"] = embeds.masked_scatter(placeholders, audio)
         return inputs
 
     def generate(self, job: GenerationJob, on_progress: ProgressCallback | None = None) -> GenerationResult:
@@ -99,9 +125,10 @@ class ReferenceEngine:
 
         from .sampling import AllowedTokenSampler, FrameProgress
 
-        inputs = self.prepare_inputs(job)
-        prompt_length = inputs["input_ids"].shape[1]
-        torch.manual_seed(job.seed)  # diffusion noise and the voice latents' sampling draw from it
+        prepared = self.prepare_inputs(job)
+        prompt_length = prepared["input_ids"].shape[1]
+        torch.manual_seed(job.seed)  # the voices' latent noise and the diffusion noise draw from it
+        inputs = self.model_inputs(prepared)
 
         extra: dict = {}
         if job.temperature is not None:
