@@ -64,6 +64,8 @@ def subprocess_env(tiny_model_dir, empty_voices_dir) -> dict[str, str]:
     env.update(
         VV_MODEL=str(tiny_model_dir),
         VV_VOICES_DIR=str(empty_voices_dir),
+        VV_FRAMES_PER_CHAR="0.25",  # the same small frame cap as the in-process service
+        VV_EXTRA_FRAMES="4",
         PYTHONUNBUFFERED="1",
         HF_HUB_OFFLINE="1",
     )

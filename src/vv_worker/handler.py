@@ -17,6 +17,9 @@ from typing import Any
 from .audio import AudioError
 from .config import ConfigError, load_settings
 from .engine.base import EngineError, ProgressCallback
+from .fitness import FitnessError, check_gpu, register_fitness_checks
+from .joblog import JobEvents, install_json_handler
+from .provision import ProvisionError
 from .schema import RequestError
 from .service import SynthesisService
 from .voices import VoiceError
@@ -62,10 +65,12 @@ def handle_job(job: dict, service: SynthesisService) -> dict[str, Any]:
 
 
 def handler(job: dict) -> dict[str, Any]:
-    """The function RunPod calls for each job."""
-    if _service is None:
-        return {"error": "the worker is not initialised"}
-    return handle_job(job, _service)
+    """The function RunPod calls for each job: one JSON log line per job event around the work."""
+    events = JobEvents.received(job)
+    events.started()
+    output = handle_job(job, _service) if _service is not None else {"error": "the worker is not initialised"}
+    events.done(output)
+    return output
 
 
 def _warm_up_audio() -> None:
@@ -80,13 +85,17 @@ def _warm_up_audio() -> None:
 def main() -> None:
     global _service
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_json_handler()
     try:
         settings = load_settings()
+        check_gpu(settings)  # before loading: a 7B model must not start loading onto a CPU by mistake
         _service = SynthesisService.from_settings(settings)
-    except (ConfigError, EngineError) as error:
+    except (ConfigError, EngineError, FitnessError, ProvisionError) as error:
         print(f"vv-worker cannot start: {error}", file=sys.stderr)
         sys.exit(2)
     threading.Thread(target=_warm_up_audio, name="warm-up-audio", daemon=True).start()
+    # run by the SDK at start on RunPod (not in the local modes); a failure stops the worker with the reason
+    register_fitness_checks(settings, load_model=lambda: _service)
 
     import runpod
 

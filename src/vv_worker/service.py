@@ -45,9 +45,13 @@ class SynthesisService:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SynthesisService:
+        """Find the model (local folder, RunPod cache, volume, baked, or hub), load it, open the library."""
         from .engine.reference import ReferenceEngine
+        from .provision import resolve_model
 
-        return cls(settings, ReferenceEngine.load(settings), VoiceLibrary(settings.voices_dir))
+        source = resolve_model(settings.model)
+        engine = ReferenceEngine.load(settings, path=source.path_or_id)
+        return cls(settings, engine, VoiceLibrary(settings.voices_dir))
 
     # --- requests ---------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -37,13 +38,16 @@ class ReferenceEngine:
         ]
 
     @classmethod
-    def load(cls, settings: Settings) -> ReferenceEngine:
+    def load(cls, settings: Settings, path: str | None = None) -> ReferenceEngine:
         """Load processor and model onto the configured device, in eval mode.
 
-        A local folder is loaded with the hub switched off, so no network call can happen.
+        ``path`` is where to load from (default ``settings.model``); metrics keep naming
+        ``settings.model``. A local folder is loaded with the hub switched off, so no network call
+        can happen.
         """
         runtime = resolve_runtime(settings)
-        local = settings.model_is_local
+        path = path or settings.model
+        local = Path(path).expanduser().is_dir()
         if local:
             os.environ["HF_HUB_OFFLINE"] = "1"
         import torch
@@ -51,9 +55,9 @@ class ReferenceEngine:
 
         started = time.perf_counter()
         try:
-            processor = AutoProcessor.from_pretrained(settings.model, local_files_only=local)
+            processor = AutoProcessor.from_pretrained(path, local_files_only=local)
             model = VibeVoiceForConditionalGeneration.from_pretrained(
-                settings.model,
+                path,
                 dtype=getattr(torch, runtime.dtype),
                 # only the language model has attention; the audio towers refuse sdpa
                 attn_implementation={"text_config": runtime.attn_implementation},
@@ -67,8 +71,9 @@ class ReferenceEngine:
             ) from error
         model = model.to(runtime.device).eval()
         log.info(
-            "loaded %s on %s (%s, %s) in %.1f s",
+            "loaded %s from %s on %s (%s, %s) in %.1f s",
             settings.model,
+            path,
             runtime.device,
             runtime.dtype,
             runtime.attn_implementation,
