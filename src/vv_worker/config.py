@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     reference_min_s: float = Field(1.0, gt=0, le=600, allow_inf_nan=False, description="Shortest voice after trim")
     reference_max_s: float = Field(60.0, gt=0, le=600, allow_inf_nan=False, description="Longest voice after trim")
 
+    job_timeout: float = Field(
+        900.0, gt=0, le=86_400, allow_inf_nan=False, description="Seconds a job may run before it is ended"
+    )
     max_inline_bytes: int = Field(
         7_000_000, ge=1024, le=100_000_000, description="Larger encoded audio is uploaded to the bucket instead"
     )

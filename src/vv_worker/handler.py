@@ -61,7 +61,23 @@ def handle_job(job: dict, service: SynthesisService) -> dict[str, Any]:
             torch.cuda.empty_cache()
             return {"error": "the GPU ran out of memory for this request; try a shorter text"}
         log.exception("job %s failed", job.get("id") if isinstance(job, dict) else None)
-        return {"error": f"internal error during synthesis ({type(error).__name__}): {error}"}
+        output: dict[str, Any] = {"error": f"internal error during synthesis ({type(error).__name__}): {error}"}
+        if device_may_be_corrupted(error):
+            # a CUDA context that has seen a device-side fault is unusable: RunPod replaces this worker
+            output["refresh_worker"] = True
+            output["error"] += "; this worker is being replaced"
+        return output
+
+
+def device_may_be_corrupted(error: BaseException) -> bool:
+    """CUDA runtime faults (illegal access, device-side assert, ECC) leave the context unusable."""
+    import torch
+
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(error, accelerator_error):
+        return True
+    message = str(error)
+    return "CUDA error" in message or "device-side assert" in message or "CUBLAS_STATUS" in message
 
 
 def handler(job: dict) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 from . import audio
 from .config import ConfigError, Settings
 from .engine import SAMPLES_PER_FRAME, GenerationJob
-from .engine.base import Engine, ProgressCallback
+from .engine.base import Engine, JobStopped, ProgressCallback
 from .prompt import Script, ScriptError, parse_script
 from .schema import RequestError, SpeakerVoice, SynthesisRequest, parse_request
 from .voices import VoiceLibrary, fetch_url, reference_from_base64
@@ -155,6 +155,7 @@ class SynthesisService:
     def synthesize(self, payload: object, on_progress: ProgressCallback | None = None) -> dict:
         """Validate ``payload`` (a job's input) and synthesize it. Raises on bad input."""
         started = time.perf_counter()
+        deadline = time.monotonic() + self.settings.job_timeout
         request = parse_request(payload, max_text_chars=self.settings.max_text_chars)
         try:
             script = parse_script(request.text)
@@ -162,6 +163,9 @@ class SynthesisService:
             raise RequestError(f"invalid input: {error}") from None
         audio.check_output_format(request.output_format, request.sample_rate)
         voices, warnings = self.resolve_voices(request, script)
+        should_stop = self._time_limit(deadline)
+        if should_stop():
+            raise JobStopped(should_stop())
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         job = GenerationJob(
             script=script.lines,
@@ -171,6 +175,7 @@ class SynthesisService:
             diffusion_steps=request.diffusion_steps or self.settings.diffusion_steps,
             max_frames=self.frame_cap(request.text),
             temperature=request.voice_settings.temperature,
+            should_stop=should_stop,
         )
         result = self.engine.generate(job, on_progress=on_progress)
         if result.finish_reason == "frame_cap":
@@ -211,6 +216,16 @@ class SynthesisService:
                 "total_seconds": round(time.perf_counter() - started, 4),
             },
         }
+
+    def _time_limit(self, deadline: float):
+        limit = self.settings.job_timeout
+
+        def should_stop() -> str | None:
+            if time.monotonic() > deadline:
+                return f"the job ran longer than its time limit of {limit:g} s (VV_JOB_TIMEOUT) and was stopped"
+            return None
+
+        return should_stop
 
     @staticmethod
     def render(samples: np.ndarray, request: SynthesisRequest) -> tuple[np.ndarray, int, float | None]:

@@ -19,6 +19,10 @@ class EngineError(RuntimeError):
     """Generation failed in a way the caller should report as a job error."""
 
 
+class JobStopped(EngineError):
+    """Generation was stopped early by the job's ``should_stop`` (time limit or cancellation)."""
+
+
 @dataclass
 class GenerationJob:
     """A validated request, reduced to what the model needs."""
@@ -30,6 +34,8 @@ class GenerationJob:
     diffusion_steps: int
     max_frames: int
     temperature: float | None = None
+    # checked between generation steps; returns why the job must stop (time limit, cancellation) or None
+    should_stop: Callable[[], str | None] | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import Runtime, Settings, resolve_runtime
 from ..prompt import build_conversation, voice_order
-from .base import EngineError, GenerationJob, GenerationResult, ProgressCallback
+from .base import EngineError, GenerationJob, GenerationResult, JobStopped, ProgressCallback
 from .voice_cache import VoicePromptCache, voice_key
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,9 @@ class ReferenceEngine:
 
     def generate(self, job: GenerationJob, on_progress: ProgressCallback | None = None) -> GenerationResult:
         import torch
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        from .sampling import AllowedTokenSampler, FrameProgress
+        from .sampling import AllowedTokenSampler, FrameProgress, StopWhen
 
         prepared = self.prepare_inputs(job)
         prompt_length = prepared["input_ids"].shape[1]
@@ -142,6 +142,10 @@ class ReferenceEngine:
             extra["logits_processor"] = LogitsProcessorList([sampler])
         if on_progress is not None:
             extra["streamer"] = FrameProgress(self.audio_token_id, job.max_frames, on_progress)
+        stop = None
+        if job.should_stop is not None:
+            stop = StopWhen(job.should_stop)
+            extra["stopping_criteria"] = StoppingCriteriaList([stop])
 
         started = time.perf_counter()
         with torch.inference_mode():
@@ -156,6 +160,8 @@ class ReferenceEngine:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
+        if stop is not None and stop.reason is not None:
+            raise JobStopped(stop.reason)
 
         new_tokens = output.sequences[0, prompt_length:]
         frames = int((new_tokens == self.audio_token_id).sum())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from .base import ProgressCallback
@@ -55,3 +57,16 @@ class FrameProgress(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+class StopWhen(StoppingCriteria):
+    """Ends generation after the current step once ``should_stop`` returns a reason, and keeps the reason."""
+
+    def __init__(self, should_stop: Callable[[], str | None]):
+        self.should_stop = should_stop
+        self.reason: str | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.reason is None:
+            self.reason = self.should_stop()
+        return torch.full((input_ids.shape[0],), self.reason is not None, dtype=torch.bool, device=input_ids.device)
