@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    engine: Literal["auto", "fast", "reference"] = Field(
+        "auto", description="fast: our decode loop; reference: transformers' generate; auto: fast"
+    )
+    streaming: bool = Field(False, description="Make the RunPod handler a generator that can stream audio")
 
     cfg_scale: float = Field(1.3, ge=1.0, le=10.0, allow_inf_nan=False, description="Default guidance scale")
     diffusion_steps: int = Field(10, ge=1, le=50, description="Default diffusion steps per frame")

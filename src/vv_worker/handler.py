@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .audio import AudioError
@@ -52,21 +53,38 @@ def handle_job(job: dict, service: SynthesisService) -> dict[str, Any]:
     job_input = job.get("input") if isinstance(job, dict) else None
     try:
         return service.handle(job_input, on_progress=_progress_reporter(job))
-    except (RequestError, AudioError, VoiceError, EngineError) as error:
-        return {"error": str(error)}
     except Exception as error:  # the worker must survive any single job
-        import torch
+        return error_output(error, job)
 
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
-            return {"error": "the GPU ran out of memory for this request; try a shorter text"}
-        log.exception("job %s failed", job.get("id") if isinstance(job, dict) else None)
-        output: dict[str, Any] = {"error": f"internal error during synthesis ({type(error).__name__}): {error}"}
-        if device_may_be_corrupted(error):
-            # a CUDA context that has seen a device-side fault is unusable: RunPod replaces this worker
-            output["refresh_worker"] = True
-            output["error"] += "; this worker is being replaced"
-        return output
+
+def stream_job(job: dict, service: SynthesisService) -> Iterator[dict[str, Any]]:
+    """A streaming endpoint's job: chunks, then a summary; a failure ends it with ``{"error": ...}``."""
+    job_input = job.get("input") if isinstance(job, dict) else None
+    try:
+        if isinstance(job_input, dict) and job_input.get("action") == "list_voices":
+            yield service.handle(job_input)
+        else:
+            yield from service.stream(job_input, on_progress=_progress_reporter(job))
+    except Exception as error:
+        yield error_output(error, job)
+
+
+def error_output(error: Exception, job: object) -> dict[str, Any]:
+    """The job's output for a failure: a clean message, never a traceback."""
+    if isinstance(error, (RequestError, AudioError, VoiceError, EngineError)):
+        return {"error": str(error)}
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return {"error": "the GPU ran out of memory for this request; try a shorter text"}
+    log.error("job %s failed", job.get("id") if isinstance(job, dict) else None, exc_info=error)
+    output: dict[str, Any] = {"error": f"internal error during synthesis ({type(error).__name__}): {error}"}
+    if device_may_be_corrupted(error):
+        # a CUDA context that has seen a device-side fault is unusable: RunPod replaces this worker
+        output["refresh_worker"] = True
+        output["error"] += "; this worker is being replaced"
+    return output
 
 
 def device_may_be_corrupted(error: BaseException) -> bool:
@@ -87,6 +105,21 @@ def handler(job: dict) -> dict[str, Any]:
     output = handle_job(job, _service) if _service is not None else {"error": "the worker is not initialised"}
     events.done(output)
     return output
+
+
+def streaming_handler(job: dict) -> Iterator[dict[str, Any]]:
+    """The generator RunPod calls per job when VV_STREAMING=true (/stream gets each item as it is yielded)."""
+    events = JobEvents.received(job)
+    events.started()
+    if _service is None:
+        last: dict[str, Any] = {"error": "the worker is not initialised"}
+        yield last
+    else:
+        last = {}
+        for item in stream_job(job, _service):
+            last = item
+            yield item
+    events.done(last)
 
 
 def _warm_up_audio() -> None:
@@ -115,7 +148,10 @@ def main() -> None:
 
     import runpod
 
-    runpod.serverless.start({"handler": handler})
+    if settings.streaming:  # the SDK decides once, at start, whether the handler is a generator
+        runpod.serverless.start({"handler": streaming_handler, "return_aggregate_stream": True})
+    else:
+        runpod.serverless.start({"handler": handler})
 
 
 if __name__ == "__main__":

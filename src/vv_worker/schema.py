@@ -90,6 +90,7 @@ class SynthesisRequest(_Strict):
         None, ge=LOUDNESS_RANGE[0], le=LOUDNESS_RANGE[1], description="Target integrated loudness in LUFS"
     )
     trim_silence: bool = Field(False, description="Trim leading and trailing silence from the output")
+    stream: bool = Field(False, description="Yield audio chunks while generating (needs VV_STREAMING=true)")
     action: Literal["synthesize"] = "synthesize"
 
     @field_validator("speakers", mode="before")

@@ -8,6 +8,7 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,12 +16,24 @@ import numpy as np
 from . import audio
 from .config import ConfigError, Settings
 from .engine import SAMPLES_PER_FRAME, GenerationJob
-from .engine.base import Engine, JobStopped, ProgressCallback
+from .engine.base import Engine, GenerationResult, JobStopped, ProgressCallback
 from .prompt import Script, ScriptError, parse_script
 from .schema import RequestError, SpeakerVoice, SynthesisRequest, parse_request
 from .voices import VoiceLibrary, fetch_url, reference_from_base64
 
 BUCKET_VARIABLES = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
+
+
+@dataclass
+class Plan:
+    """A validated request with its voices resolved and its generation job built."""
+
+    request: SynthesisRequest
+    script: Script
+    voices: dict[int, ResolvedVoice]
+    warnings: list[str]
+    job: GenerationJob
+    started: float
 
 
 @dataclass
@@ -152,8 +165,8 @@ class SynthesisService:
 
     # --- synthesis --------------------------------------------------------------------------
 
-    def synthesize(self, payload: object, on_progress: ProgressCallback | None = None) -> dict:
-        """Validate ``payload`` (a job's input) and synthesize it. Raises on bad input."""
+    def plan(self, payload: object) -> Plan:
+        """Validate ``payload`` (a job's input) and resolve everything generation needs. Raises on bad input."""
         started = time.perf_counter()
         deadline = time.monotonic() + self.settings.job_timeout
         request = parse_request(payload, max_text_chars=self.settings.max_text_chars)
@@ -162,6 +175,8 @@ class SynthesisService:
         except ScriptError as error:
             raise RequestError(f"invalid input: {error}") from None
         audio.check_output_format(request.output_format, request.sample_rate)
+        if request.stream:
+            self._check_streamable(request)
         voices, warnings = self.resolve_voices(request, script)
         should_stop = self._time_limit(deadline)
         if should_stop():
@@ -177,43 +192,118 @@ class SynthesisService:
             temperature=request.voice_settings.temperature,
             should_stop=should_stop,
         )
-        result = self.engine.generate(job, on_progress=on_progress)
-        if result.finish_reason == "frame_cap":
+        return Plan(request, script, voices, warnings, job, started)
+
+    def synthesize(self, payload: object, on_progress: ProgressCallback | None = None) -> dict:
+        """The whole audio in one response."""
+        plan = self.plan(payload)
+        if plan.request.stream:
+            raise RequestError(
+                "invalid input: stream: this endpoint does not stream; set VV_STREAMING=true on the endpoint "
+                "(its outputs then become lists, see docs/API.md) or leave stream out"
+            )
+        result = self.engine.generate(plan.job, on_progress=on_progress)
+        return self.respond(plan, result)
+
+    def stream(self, payload: object, on_progress: ProgressCallback | None = None) -> Iterator[dict]:
+        """For a streaming endpoint: chunks of PCM 16-bit 24 kHz while generating, then a summary.
+
+        A request without ``stream: true`` yields its ordinary response as the single item.
+        """
+        plan = self.plan(payload)
+        if not plan.request.stream:
+            yield self.respond(plan, self.engine.generate(plan.job, on_progress=on_progress))
+            return
+        if not hasattr(self.engine, "stream"):
+            raise RequestError("invalid input: stream: streaming needs VV_ENGINE=fast (or auto)")
+        frames = self.engine.stream(plan.job, on_progress=on_progress)
+        index, samples = 0, 0
+        for chunk in frames:
+            pcm = np.clip(chunk, -1.0, 1.0)
+            pcm = (pcm * 32767.0).round().astype("<i2").tobytes()
+            yield {
+                "chunk_index": index,
+                "audio_b64": base64.b64encode(pcm).decode("ascii"),
+                "encoding": "pcm_s16le",
+                "sample_rate": audio.MODEL_SAMPLE_RATE,
+                "samples": int(chunk.size),
+                "start_seconds": samples / audio.MODEL_SAMPLE_RATE,
+                "elapsed_seconds": round(time.perf_counter() - plan.started, 4),
+            }
+            index += 1
+            samples += int(chunk.size)
+        generation = time.perf_counter() - plan.started
+        summary = self._metadata(plan, frames.frames, frames.finish_reason, generation)
+        summary["metrics"]["first_audio_seconds"] = frames.first_audio_seconds
+        yield {"done": True, "chunks": index, "duration_seconds": samples / audio.MODEL_SAMPLE_RATE, **summary}
+
+    @staticmethod
+    def _check_streamable(request: SynthesisRequest) -> None:
+        """Streamed chunks are the model's raw audio; options that need the whole audio cannot apply."""
+        refused = [
+            name
+            for name, off in (
+                ("output_format", request.output_format == "wav"),
+                ("sample_rate", request.sample_rate == audio.MODEL_SAMPLE_RATE),
+                ("normalize", request.normalize is None),
+                ("trim_silence", not request.trim_silence),
+                ("voice_settings.speed", request.voice_settings.speed == 1.0),
+            )
+            if not off
+        ]
+        if refused:
+            raise RequestError(
+                f"invalid input: {', '.join(refused)}: not available with stream: true (chunks are PCM 16-bit "
+                "24 kHz as generated); leave them at their defaults or do not stream"
+            )
+
+    def respond(self, plan: Plan, result: GenerationResult) -> dict:
+        """The documented non-streaming response for a finished generation."""
+        samples, rate, loudness = self.render(result.audio, plan.request)
+        encoded = audio.encode(samples, rate, plan.request.output_format)
+        delivery = self.deliver(encoded, plan.request.output_format)
+        metadata = self._metadata(plan, result.frames, result.finish_reason, result.generation_seconds)
+        if result.extra.get("first_audio_seconds") is not None:
+            metadata["metrics"]["first_audio_seconds"] = round(result.extra["first_audio_seconds"], 4)
+        return {
+            **delivery,
+            "format": plan.request.output_format,
+            "mime_type": audio.mime_type(plan.request.output_format),
+            "sample_rate": rate,
+            "duration_seconds": samples.size / rate,
+            **metadata,
+            "loudness_lufs": loudness,
+        }
+
+    def _metadata(self, plan: Plan, frames: int, finish_reason: str | None, generation_seconds: float) -> dict:
+        job = plan.job
+        warnings = list(plan.warnings)
+        if finish_reason == "frame_cap":
             warnings.append(
                 f"generation stopped at the frame cap ({job.max_frames} frames, "
                 f"{job.max_frames * SAMPLES_PER_FRAME / audio.MODEL_SAMPLE_RATE:.1f} s) before the model "
                 "ended the speech"
             )
-
-        samples, rate, loudness = self.render(result.audio, request)
-        encoded = audio.encode(samples, rate, request.output_format)
-        delivery = self.deliver(encoded, request.output_format)
-        generated_seconds = result.frames * SAMPLES_PER_FRAME / audio.MODEL_SAMPLE_RATE
-        speakers_used = {str(n): voices[i].used for i, n in enumerate(script.speaker_numbers)}
+        generated_seconds = frames * SAMPLES_PER_FRAME / audio.MODEL_SAMPLE_RATE
         return {
-            **delivery,
-            "format": request.output_format,
-            "mime_type": audio.mime_type(request.output_format),
-            "sample_rate": rate,
-            "duration_seconds": samples.size / rate,
-            "seed_used": seed,
-            "voice_used": voices[0].used,
-            "speakers_used": speakers_used,
-            "text_length": len(request.text),
-            "finish_reason": result.finish_reason,
-            "loudness_lufs": loudness,
+            "seed_used": job.seed,
+            "voice_used": plan.voices[0].used,
+            "speakers_used": {str(n): plan.voices[i].used for i, n in enumerate(plan.script.speaker_numbers)},
+            "text_length": len(plan.request.text),
+            "finish_reason": finish_reason,
             "warnings": warnings,
             "metrics": {
-                "generation_seconds": round(result.generation_seconds, 4),
-                "real_time_factor": round(result.generation_seconds / generated_seconds, 4),
-                "frames": result.frames,
+                "generation_seconds": round(generation_seconds, 4),
+                "real_time_factor": round(generation_seconds / generated_seconds, 4) if frames else None,
+                "frames": frames,
                 "frame_cap": job.max_frames,
                 "diffusion_steps": job.diffusion_steps,
                 "cfg_scale": job.cfg_scale,
+                "engine": type(self.engine).__name__.removesuffix("Engine").lower(),
                 "model": self.engine.model_id,
                 "device": self.engine.device,
                 "dtype": self.engine.dtype,
-                "total_seconds": round(time.perf_counter() - started, 4),
+                "total_seconds": round(time.perf_counter() - plan.started, 4),
             },
         }
 
