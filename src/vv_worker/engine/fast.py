@@ -110,24 +110,10 @@ class FastEngine(ReferenceEngine):
             embeds = embeds.masked_scatter(spots.unsqueeze(-1).expand_as(embeds), audio_embeds.to(embeds.dtype))
         return embeds
 
-    def _audio_frame(self, positive, negative, job: GenerationJob, acoustic_cache):
-        """Diffusion + acoustic decode: (latent (1, 1, latent), audio (1, 1, 3200), acoustic cache)."""
-        import torch
-
-        inner = self.model.model
-        latent_size = self.model.config.audio_config.hidden_size
-        noise = torch.randn(2, latent_size).to(positive)  # the stock draw: CPU generator, then the device
-        latent = self.diffusion.sample(positive, negative, noise, job.cfg_scale, job.diffusion_steps).unsqueeze(1)
-        scaled = latent / inner.latent_scaling_factor - inner.latent_bias_factor
-        decoded = inner.audio_tower.decode(scaled, padding_cache=acoustic_cache, use_cache=True)
-        return latent, decoded.audio, decoded.padding_cache
-
-    def _feedback(self, latent, audio, semantic_cache):
-        """Next LM input after an audio frame: acoustic + semantic embeddings of what was just made."""
-        inner = self.model.model
-        semantic = inner.semantic_tokenizer_encoder(audio, padding_cache=semantic_cache, use_cache=True)
-        embed = inner.multi_modal_projector(latent) + inner.semantic_connector(semantic.latents)
-        return embed, semantic.padding_cache
+    def _ops(self):
+        if self.cuda_graphs is not None:
+            return self.cuda_graphs
+        return EagerOps(self)
 
     def _choose(self, scores, sampler, forbidden) -> int:
         import torch
@@ -174,11 +160,13 @@ class FastEngine(ReferenceEngine):
                 first[:, None, None, :], prompt,
             )[:, -1]  # fmt: skip
 
+        ops = self._ops()
+        ops.start(capacity)
+        latent_size = self.model.config.audio_config.hidden_size
         negative_length = 0  # tokens in the negative branch's stock cache: its next rotary position
-        acoustic_cache = semantic_cache = None
         for step in range(job.max_frames):
             slot = prompt - 1 + step
-            chunk = None
+            audio = None
             with torch.inference_mode():
                 token = self._choose(decoder.logits(positive), sampler, forbidden)
                 out.tokens.append(token)
@@ -187,25 +175,18 @@ class FastEngine(ReferenceEngine):
                 if token == self.audio_token_id:
                     mask[1, slot] = True  # commit the speculative negative step
                     negative_length += 1
-                    latent, audio, acoustic_cache = self._audio_frame(positive, negative, job, acoustic_cache)
-                    chunk = audio.detach().float().reshape(-1).cpu().numpy()
+                    noise = torch.randn(2, latent_size)  # the stock draw: CPU generator, then the device
+                    audio = ops.audio(positive, negative, noise, job.cfg_scale, job.diffusion_steps)
                 last = token in self.stop_token_ids or step == job.max_frames - 1
                 if not last:
-                    if chunk is not None:
-                        embed, semantic_cache = self._feedback(latent, audio, semantic_cache)
+                    if audio is not None:
+                        embed = ops.feedback()
                     else:
                         embed = decoder.embed(torch.full((1, 1), token, device=device))
-                    nxt = slot + 1
-                    mask[0, nxt] = True
-                    attend = mask[:, : nxt + 1].clone()
-                    attend[1, nxt] = True  # row 1 always attends its own (speculative) token
-                    positions = torch.tensor([[nxt], [negative_length]], device=device)
-                    pair = embed.expand(2, 1, -1)
-                    hidden = decoder.forward(
-                        pair, slice(0, 2), positions[0], positions, attend[:, None, None, :], nxt + 1
-                    )
-                    hidden = hidden[:, -1]
-                    positive, negative = hidden[:1], hidden[1:]
+                    mask[0, slot + 1] = True
+                    positive, negative = ops.advance(embed, slot + 1, negative_length, mask)
+                # read back after the next step is queued: on CUDA, the frame's one wait for the device
+                chunk = None if audio is None else audio.float().reshape(-1).cpu().numpy()
             if chunk is not None:
                 out.frames += 1
                 if out.first_audio_seconds is None:
@@ -219,3 +200,46 @@ class FastEngine(ReferenceEngine):
         out.finish_reason = "frame_cap" if hit_cap else "end_of_speech"
         if out.frames == 0:
             raise EngineError("the model ended the speech before producing any audio; try another seed")
+
+
+class EagerOps:
+    """The per-frame work after the token choice, run op by op (CPU, or CUDA without graphs)."""
+
+    def __init__(self, engine: FastEngine):
+        self.engine = engine
+        self.inner = engine.model.model
+        self.decoder = engine.decoder
+        self.acoustic_cache = self.semantic_cache = None
+        self.latent = self.audio_out = None
+
+    def start(self, capacity: int) -> None:
+        self.acoustic_cache = self.semantic_cache = None
+
+    def audio(self, positive, negative, noise, cfg_scale: float, steps: int):
+        """Diffusion + streaming acoustic decode of one frame: audio (1, 1, 3200) on the device."""
+        inner = self.inner
+        noise = noise.to(positive)
+        self.latent = self.engine.diffusion.sample(positive, negative, noise, cfg_scale, steps).unsqueeze(1)
+        scaled = self.latent / inner.latent_scaling_factor - inner.latent_bias_factor
+        decoded = inner.audio_tower.decode(scaled, padding_cache=self.acoustic_cache, use_cache=True)
+        self.acoustic_cache = decoded.padding_cache
+        self.audio_out = decoded.audio
+        return self.audio_out
+
+    def feedback(self):
+        """Next LM input after an audio frame: acoustic + semantic embeddings of what was just made."""
+        inner = self.inner
+        semantic = inner.semantic_tokenizer_encoder(self.audio_out, padding_cache=self.semantic_cache, use_cache=True)
+        self.semantic_cache = semantic.padding_cache
+        return inner.multi_modal_projector(self.latent) + inner.semantic_connector(semantic.latents)
+
+    def advance(self, embed, slot: int, negative_length: int, mask):
+        """Both rows through the LM at ``slot``: (positive hidden (1, H), negative hidden (1, H))."""
+        import torch
+
+        attend = mask[:, : slot + 1].clone()
+        attend[1, slot] = True  # row 1 always attends its own (speculative) token
+        positions = torch.tensor([[slot], [negative_length]], device=mask.device)
+        pair = embed.reshape(1, 1, -1).expand(2, 1, -1)
+        hidden = self.decoder.forward(pair, slice(0, 2), positions[0], positions, attend[:, None, None, :], slot + 1)
+        return hidden[:1, -1], hidden[1:, -1]
