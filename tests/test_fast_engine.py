@@ -192,3 +192,15 @@ def test_solver_plan_is_bitwise_scheduler_step(steps, dtype):
         expected = stock.step(output, timestep, expected).prev_sample
         ours, previous = solver_update(plan, index, ours, output, previous)
     assert torch.equal(ours, expected)
+
+
+def test_cuda_graphs_fall_back_to_eager_without_cuda(engines):
+    """The CUDA-graph path is untested here (no GPU); on the CPU its safety net must leave the engine eager."""
+    from vv_worker.engine.fast_cuda import enable_cuda_graphs
+
+    _, fast = engines
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: this checks the CPU fallback only")
+    assert enable_cuda_graphs(fast) is False
+    assert fast.cuda_graphs is None
+    assert fast.generate(job_for(max_frames=2)).frames == 2

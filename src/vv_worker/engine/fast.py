@@ -20,6 +20,7 @@ tests check; the choices below follow from it:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -69,7 +70,11 @@ class FastEngine(ReferenceEngine):
         eos = generation_config.eos_token_id
         eos = config.eos_token_id if eos is None else eos
         self.stop_token_ids = set(eos if isinstance(eos, list) else [eos])
-        self.cuda_graphs = None  # set by fast_cuda.enable_cuda_graphs (CUDA only, untested)
+        self.cuda_graphs = None  # a fast_cuda.GraphOps when CUDA graphs are on
+        if self.device.startswith("cuda") and os.environ.get("VV_FAST_CUDA_GRAPHS", "1") != "0":
+            from .fast_cuda import enable_cuda_graphs
+
+            enable_cuda_graphs(self)
 
     def stream(
         self, job: GenerationJob, on_progress: ProgressCallback | None = None, *, force_frames: bool = False
@@ -144,8 +149,8 @@ class FastEngine(ReferenceEngine):
         with torch.inference_mode():
             embeds = self._prompt_embeds(inputs)
             prompt = embeds.shape[1]
-            capacity = prompt + job.max_frames
-            decoder.allocate(capacity)
+            ops = self._ops()
+            capacity = ops.start(prompt + job.max_frames)
             self.diffusion.prepare(job.diffusion_steps, embeds.dtype, device)
             slots = torch.arange(prompt, device=device)
             positive = decoder.forward(embeds, slice(0, 1), slots, slots[None], None, prompt)[:, -1]
@@ -160,8 +165,6 @@ class FastEngine(ReferenceEngine):
                 first[:, None, None, :], prompt,
             )[:, -1]  # fmt: skip
 
-        ops = self._ops()
-        ops.start(capacity)
         latent_size = self.model.config.audio_config.hidden_size
         negative_length = 0  # tokens in the negative branch's stock cache: its next rotary position
         for step in range(job.max_frames):
@@ -212,8 +215,11 @@ class EagerOps:
         self.acoustic_cache = self.semantic_cache = None
         self.latent = self.audio_out = None
 
-    def start(self, capacity: int) -> None:
+    def start(self, needed: int) -> int:
+        """Fresh streaming state and a KV cache of at least ``needed`` slots; returns its capacity."""
         self.acoustic_cache = self.semantic_cache = None
+        self.decoder.allocate(needed)
+        return self.decoder.capacity
 
     def audio(self, positive, negative, noise, cfg_scale: float, steps: int):
         """Diffusion + streaming acoustic decode of one frame: audio (1, 1, 3200) on the device."""
