@@ -43,15 +43,19 @@ def _padding_cache():
     return VibeVoiceAcousticTokenizerConv1dPaddingCache()
 
 
-def _capture(fn, pool):
-    """Warm ``fn`` up on a side stream, then capture it; returns (graph, fn's output)."""
+def _capture(fn):
+    """Warm ``fn`` up on a side stream, then capture it; returns (graph, fn's output).
+
+    Each graph gets its own memory pool: with a shared pool, one graph's scratch memory could hold
+    another's outputs, and the frame reads the audio after the next LLM step has replayed.
+    """
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph):
         output = fn()
     return graph, output
 
@@ -60,12 +64,13 @@ class GraphOps(EagerOps):
     """Same interface as :class:`EagerOps`; ``audio`` and ``advance`` replay CUDA graphs."""
 
     def __init__(self, engine: FastEngine):
+        if not engine.device.startswith("cuda") or not torch.cuda.is_available():
+            raise RuntimeError("CUDA graphs need the model on a CUDA device")
         super().__init__(engine)
         config = engine.model.config
         device, dtype = engine.model.device, engine.model.dtype
         hidden = config.text_config.hidden_size
         latent = config.audio_config.hidden_size
-        self.pool = torch.cuda.graph_pool_handle()
         self.embed_in = torch.zeros(2, 1, hidden, device=device, dtype=dtype)
         self.slot_in = torch.zeros(1, dtype=torch.long, device=device)
         self.positions_in = torch.zeros(2, 1, dtype=torch.long, device=device)
@@ -89,7 +94,7 @@ class GraphOps(EagerOps):
         if capacity > self.decoder.capacity or self.lm_graph is None:
             self.decoder.allocate(max(capacity, self.decoder.capacity))
             self.mask_in = torch.zeros(2, self.decoder.capacity, dtype=torch.bool, device=self.embed_in.device)
-            self.lm_graph, self.lm_out = _capture(self._lm_step, self.pool)
+            self.lm_graph, self.lm_out = _capture(self._lm_step)
         for tensor in self._cache_tensors():
             tensor.zero_()
         return self.decoder.capacity
@@ -119,7 +124,7 @@ class GraphOps(EagerOps):
         key = (cfg_scale, steps)
         if key not in self.audio_graphs:
             saved = {id(t): t.clone() for t in self._cache_tensors()}  # capture runs the frame once
-            self.audio_graphs[key] = _capture(lambda: self._audio_step(cfg_scale, steps), self.pool)
+            self.audio_graphs[key] = _capture(lambda: self._audio_step(cfg_scale, steps))
             for tensor in self._cache_tensors():  # layers created by the warm-up start from zeros
                 if id(tensor) in saved:
                     tensor.copy_(saved[id(tensor)])
