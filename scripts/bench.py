@@ -270,6 +270,10 @@ def cold_start(args) -> None:
     if not (folder / "config.json").is_file():
         started = time.perf_counter()
         model, processor = build_model(args.config, args.device, args.dtype)
+        with torch.no_grad():  # as make_tiny_model: the allowed tokens tie, argmax picks audio, length = frame cap
+            config = model.config
+            allowed = [config.audio_token_id, config.audio_bos_token_id, config.audio_eos_token_id, config.eos_token_id]
+            model.lm_head.weight[allowed] = 0.0
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         del model
