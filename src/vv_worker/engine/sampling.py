@@ -26,11 +26,17 @@ class AllowedTokenSampler(LogitsProcessor):
         self.temperature = temperature
         self.generator = generator
 
+    def pick(self, allowed_scores: torch.Tensor) -> torch.Tensor:
+        """Draw among the allowed tokens; ``allowed_scores`` is (batch, n_allowed) in id order.
+
+        Returns the drawn column indices, (batch, 1), on the generator's device.
+        """
+        probs = torch.softmax(allowed_scores.float() / self.temperature, dim=-1)
+        return torch.multinomial(probs.to(self.generator.device), 1, generator=self.generator)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         allowed = self.allowed_ids.to(scores.device)
-        logits = scores[:, allowed].float() / self.temperature
-        probs = torch.softmax(logits, dim=-1)
-        picks = torch.multinomial(probs.to(self.generator.device), 1, generator=self.generator).to(scores.device)
+        picks = self.pick(scores[:, allowed]).to(scores.device)
         chosen = allowed[picks]  # (batch, 1)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, chosen, 0.0)
