@@ -139,6 +139,19 @@ def reset_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def stock_inputs(engine, job) -> dict:
+    """Exactly what stock usage passes to generate: the processor's batch, voices as raw waveforms."""
+    from vv_worker.prompt import build_conversation
+
+    batch = engine.processor.apply_chat_template(
+        build_conversation(job.script, job.voices), tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    inputs = {key: value.to(engine.model.device) for key, value in batch.items()}
+    if "input_values" in inputs:
+        inputs["input_values"] = inputs["input_values"].to(engine.model.dtype)
+    return inputs
+
+
 def time_stock(engine, job, inputs, device: str):
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
@@ -224,7 +237,7 @@ def bench(args) -> None:
         diffusion_steps=args.steps,
         max_frames=args.frames,
     )
-    inputs = engine.prepare_inputs(job)
+    inputs = stock_inputs(engine, job)
     print(
         f"job: prompt {inputs['input_ids'].shape[1]} tokens, voice {args.voice_seconds} s, {args.frames} frames, "
         f"{args.steps} diffusion steps, cfg {args.cfg}, batch 1, warm-up {args.warmup}, repeats {args.repeats}"

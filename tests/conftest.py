@@ -92,3 +92,13 @@ def speechlike(seconds: float, rate: int = 24000, seed: int = 0) -> np.ndarray:
     tone = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((140, 280, 420, 560), start=1))
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
     return (0.2 * tone * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def reference_engine(service):
+    """transformers' own generate around the service's model and processor (no second load)."""
+    from vv_worker.engine.reference import ReferenceEngine
+
+    engine = service.engine
+    runtime = type("Runtime", (), {"device": engine.device, "dtype": engine.dtype})()
+    return ReferenceEngine(engine.model, engine.processor, runtime, engine.model_id)

@@ -23,7 +23,9 @@ def run(service, **payload) -> dict:
     return handle_job({"id": "fault", "input": payload}, service)
 
 
-def test_should_stop_ends_generation_between_steps(service):
+@pytest.mark.parametrize("which", ["fast", "reference"])
+def test_should_stop_ends_generation_between_steps(service, reference_engine, which):
+    engine = service.engine if which == "fast" else reference_engine
     calls = {"n": 0}
 
     def stop_after_three() -> str | None:
@@ -33,7 +35,7 @@ def test_should_stop_ends_generation_between_steps(service):
     frames_seen = []
     job = GenerationJob(parse_script("Stop me.").lines, {}, 1, 1.3, 10, max_frames=40, should_stop=stop_after_three)
     with pytest.raises(JobStopped, match="stopped for the test"):
-        service.engine.generate(job, on_progress=lambda done, cap: frames_seen.append(done))
+        engine.generate(job, on_progress=lambda done, cap: frames_seen.append(done))
     assert frames_seen and max(frames_seen) == 3  # three steps ran, not the forty allowed
 
 
@@ -51,7 +53,7 @@ def test_out_of_memory_is_a_clean_error_and_the_engine_stays_usable(service, mon
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(service.engine.model, "generate", oom)
+    monkeypatch.setattr(service.engine, "generate", oom)
     out = run(service, text="Out of memory.", seed=1)
     assert out == {"error": "the GPU ran out of memory for this request; try a shorter text"}
     monkeypatch.undo()
@@ -62,7 +64,7 @@ def test_a_device_fault_asks_runpod_to_replace_the_worker(service, monkeypatch):
     def fault(*args, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(service.engine.model, "generate", fault)
+    monkeypatch.setattr(service.engine, "generate", fault)
     out = run(service, text="Device fault.", seed=1)
     assert out["refresh_worker"] is True
     assert out["error"].startswith("internal error during synthesis (RuntimeError): CUDA error")

@@ -153,7 +153,7 @@ def test_an_unexpected_failure_is_a_clean_error_and_the_next_job_succeeds(servic
     def broken(*args, **kwargs):
         raise RuntimeError("simulated fault inside generate")
 
-    monkeypatch.setattr(engine.model, "generate", broken)
+    monkeypatch.setattr(engine, "generate", broken)
     out = run(service, text="This one fails.", seed=1)
     assert out == {"error": "internal error during synthesis (RuntimeError): simulated fault inside generate"}
     monkeypatch.undo()

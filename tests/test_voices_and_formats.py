@@ -148,8 +148,8 @@ def test_list_voices_returns_the_library_with_metadata(with_library):
     assert "action: Input should be 'synthesize'" in run(with_library, action="dance", text="x")["error"]
 
 
-def test_voice_prompts_are_encoded_once_and_match_stock_generate(service):
-    engine = service.engine
+def test_voice_prompts_are_encoded_once_and_match_stock_generate(reference_engine):
+    engine = reference_engine
     voice = speechlike(2.0, seed=21)
     job = GenerationJob(
         parse_script("Cache me.").lines, {0: voice}, seed=5, cfg_scale=1.3, diffusion_steps=10, max_frames=5
@@ -173,8 +173,8 @@ def test_voice_prompts_are_encoded_once_and_match_stock_generate(service):
     np.testing.assert_array_equal(stock.audio[0].reshape(-1).numpy(), first.audio)
 
 
-def test_two_voices_match_stock_generate_closely(service):
-    engine = service.engine
+def test_two_voices_match_stock_generate_closely(reference_engine):
+    engine = reference_engine
     voices = {0: speechlike(2.0, seed=1), 1: speechlike(1.4, seed=2)}
     script = parse_script("Speaker 1: One.\nSpeaker 2: Two.").lines
     job = GenerationJob(script, voices, seed=8, cfg_scale=1.3, diffusion_steps=10, max_frames=4)

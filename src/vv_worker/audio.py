@@ -197,6 +197,13 @@ def encode(samples: np.ndarray, rate: int, output_format: str = "wav") -> bytes:
     return buffer.getvalue()
 
 
+def encode_pcm16(samples: np.ndarray, rate: int = MODEL_SAMPLE_RATE) -> bytes:
+    """Headerless PCM 16-bit little-endian, converted exactly as in the WAV output (libsndfile)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(samples, -1.0, 1.0), rate, format="RAW", subtype="PCM_16", endian="LITTLE")
+    return buffer.getvalue()
+
+
 def encode_wav(samples: np.ndarray, rate: int = MODEL_SAMPLE_RATE) -> bytes:
     """PCM 16-bit mono WAV bytes."""
     return encode(samples, rate, "wav")

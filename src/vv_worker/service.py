@@ -59,11 +59,14 @@ class SynthesisService:
     @classmethod
     def from_settings(cls, settings: Settings) -> SynthesisService:
         """Find the model (local folder, RunPod cache, volume, baked, or hub), load it, open the library."""
+        from .engine.fast import FastEngine
         from .engine.reference import ReferenceEngine
         from .provision import resolve_model
 
         source = resolve_model(settings.model)
-        engine = ReferenceEngine.load(settings, path=source.path_or_id)
+        # auto = fast: it matches stock (tests) and was faster on every config measured (docs/BENCHMARKS.md)
+        engine_class = ReferenceEngine if settings.engine == "reference" else FastEngine
+        engine = engine_class.load(settings, path=source.path_or_id)
         return cls(settings, engine, VoiceLibrary(settings.voices_dir))
 
     # --- requests ---------------------------------------------------------------------------
@@ -219,8 +222,7 @@ class SynthesisService:
         frames = self.engine.stream(plan.job, on_progress=on_progress)
         index, samples = 0, 0
         for chunk in frames:
-            pcm = np.clip(chunk, -1.0, 1.0)
-            pcm = (pcm * 32767.0).round().astype("<i2").tobytes()
+            pcm = audio.encode_pcm16(chunk)
             yield {
                 "chunk_index": index,
                 "audio_b64": base64.b64encode(pcm).decode("ascii"),

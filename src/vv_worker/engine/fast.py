@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .base import EngineError, FinishReason, GenerationJob, GenerationResult, ProgressCallback
+from .base import EngineError, FinishReason, GenerationJob, GenerationResult, JobStopped, ProgressCallback
 from .reference import ReferenceEngine
 
 
@@ -102,18 +102,15 @@ class FastEngine(ReferenceEngine):
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def _prompt_embeds(self, inputs: dict):
-        """Prompt embeddings with the voice latents in the audio-token slots (draws the voice noise)."""
-        ids = inputs["input_ids"]
-        embeds = self.decoder.embed(ids)
-        if "input_values" in inputs:
-            features = self.model.model.get_audio_features(inputs["input_values"], inputs["padding_mask"])
-            audio_embeds = features.pooler_output
-            spots = ids == self.audio_token_id
-            if int(spots.sum()) != audio_embeds.shape[0]:
-                raise EngineError("the prompt's audio placeholders do not match the voice audio")
-            embeds = embeds.masked_scatter(spots.unsqueeze(-1).expand_as(embeds), audio_embeds.to(embeds.dtype))
-        return embeds
+    def _prompt_embeds(self, prepared: dict):
+        """Prompt embeddings with the voice latents in the audio-token slots (draws the voice noise).
+
+        The voices come from the shared voice-prompt cache, drawn exactly as stock draws them.
+        """
+        inputs = self.model_inputs(prepared)
+        if "inputs_embeds" in inputs:
+            return inputs["inputs_embeds"]
+        return self.decoder.embed(inputs["input_ids"])
 
     def _ops(self):
         if self.cuda_graphs is not None:
@@ -199,6 +196,10 @@ class FastEngine(ReferenceEngine):
                 yield chunk
             if last:
                 break
+            if job.should_stop is not None:  # after the step, like stock's stopping criteria
+                reason = job.should_stop()
+                if reason is not None:
+                    raise JobStopped(reason)
         hit_cap = len(out.tokens) >= job.max_frames and out.tokens[-1] != self.eos_token_id
         out.finish_reason = "frame_cap" if hit_cap else "end_of_speech"
         if out.frames == 0:
