@@ -260,9 +260,9 @@ def test_local_run_then_status_via_the_cli(local_server, tmp_path, capsys):
     assert info.samplerate == 24000 and info.frames > 0 and info.frames % SAMPLES_PER_FRAME == 0
 
 
-def test_local_stream_reports_that_the_handler_does_not_stream_yet(local_server):
-    # The handler returns one result (not a generator), so the SDK's local /stream refuses it.
-    # Once streaming lands, this becomes a real stream test.
+def test_local_stream_on_a_non_streaming_endpoint_is_refused(local_server):
+    # Without VV_STREAMING the handler is not a generator, so the SDK's local /stream refuses it
+    # (the streaming endpoint is tested in test_streaming.py).
     client = RunPodClient(local_url=local_server, timeout_s=120)
     with pytest.raises(JobFailed, match="Stream not supported"):
         list(client.stream(client.run({"text": "Stream me.", "seed": 1})))

@@ -135,3 +135,14 @@ def test_stream_route_returns_every_chunk_and_runsync_the_whole_result(streaming
     assert failed["output"] == [
         {"error": "invalid input: text: text is empty after removing whitespace and control characters"}
     ]
+
+
+def test_client_streams_to_a_wav_equal_to_the_whole_result(streaming_server, tmp_path):
+    from vv_worker.client import RunPodClient, save_audio, save_stream
+
+    client = RunPodClient(local_url=streaming_server, timeout_s=180, poll_interval_s=0.2)
+    streamed = client.synthesize({"text": "The client streams too.", "seed": 4}, mode="stream")
+    whole = client.synthesize({"text": "The client streams too.", "seed": 4}, mode="runsync")
+    a = save_stream(streamed["chunks"], tmp_path / "streamed.wav")
+    b = save_audio(whole, tmp_path / "whole.wav")
+    np.testing.assert_array_equal(sf.read(a, dtype="int16")[0], sf.read(b, dtype="int16")[0])

@@ -187,8 +187,12 @@ class RunPodClient:
         Raises :class:`JobFailed` with the worker's error message when the job fails.
         """
         if mode == "stream":
-            job_id = self.run(job_input)
-            return {"id": job_id, "chunks": list(self.stream(job_id, timeout_s=timeout_s))}
+            job_id = self.run({**job_input, "stream": True})
+            chunks = list(self.stream(job_id, timeout_s=timeout_s))
+            failed = [c for c in chunks if isinstance(c, dict) and c.get("error")]
+            if failed:
+                raise JobFailed(f"job {job_id} failed: {failed[-1]['error']}", {"id": job_id, "stream": chunks})
+            return {"id": job_id, "chunks": chunks}
         if mode == "runsync":
             job = self.runsync(job_input, timeout_s=timeout_s)
         elif mode == "run":
@@ -196,6 +200,8 @@ class RunPodClient:
         else:
             raise ClientError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         output = job.get("output")
+        if isinstance(output, list) and len(output) == 1:  # a streaming endpoint wraps every output in a list
+            output = job["output"] = output[0]
         if job.get("status") != "COMPLETED" or (isinstance(output, dict) and output.get("error")):
             raise JobFailed(f"job {job.get('id')} {job.get('status')}: {job_error(job)}", job)
         if not isinstance(output, dict):
@@ -207,21 +213,29 @@ class RunPodClient:
 
 
 def save_audio(output: dict, path: str | os.PathLike) -> Path:
-    """Write a job's ``audio_b64`` (a WAV) to ``path``; return the path."""
-    data = output.get("audio_b64") if isinstance(output, dict) else None
-    if not data:
-        raise ClientError("the output has no audio_b64")
+    """Write a job's audio (inline ``audio_b64``, or downloaded from ``audio_url`` when the worker uploaded it)."""
+    output = output if isinstance(output, dict) else {}
+    if output.get("audio_b64"):
+        data = base64.b64decode(output["audio_b64"], validate=True)
+    elif output.get("audio_url"):
+        response = requests.get(output["audio_url"], timeout=120)
+        if response.status_code != 200:
+            raise ClientError(f"downloading audio_url answered HTTP {response.status_code}")
+        data = response.content
+    else:
+        raise ClientError("the output has neither audio_b64 nor audio_url")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(base64.b64decode(data, validate=True))
+    path.write_bytes(data)
     return path
 
 
 def save_stream(chunks: list, path: str | os.PathLike) -> Path:
     """Join streamed audio chunks into one WAV at ``path``.
 
-    A chunk is a dict with ``audio_b64``: a WAV file, or raw ``pcm_s16le`` when ``format`` says so
-    (then ``sample_rate`` is required). Chunks without audio (a final summary, say) are skipped.
+    A chunk is a dict with ``audio_b64``: a WAV file, or raw PCM when ``encoding`` is ``pcm_s16le``
+    (vv-worker's streamed chunks; then ``sample_rate`` is required). Chunks without audio (the final
+    summary) are skipped.
     """
     import numpy as np
     import soundfile as sf
@@ -231,7 +245,7 @@ def save_stream(chunks: list, path: str | os.PathLike) -> Path:
         if not isinstance(chunk, dict) or not chunk.get("audio_b64"):
             continue
         raw = base64.b64decode(chunk["audio_b64"], validate=True)
-        if chunk.get("format") == "pcm_s16le":
+        if chunk.get("encoding") == "pcm_s16le":
             samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
             chunk_rate = int(chunk["sample_rate"])
         else:
