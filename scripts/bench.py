@@ -90,9 +90,7 @@ def build_model(name: str, device: str, dtype_name: str):
     import make_tiny_model
     import torch
     from transformers import (
-        VibeVoiceAcousticTokenizerFeatureExtractor,
         VibeVoiceForConditionalGeneration,
-        VibeVoiceProcessor,
     )
 
     tokenizer = make_tiny_model.build_tokenizer()
@@ -103,16 +101,7 @@ def build_model(name: str, device: str, dtype_name: str):
             config, dtype=getattr(torch, dtype_name), attn_implementation={"text_config": "sdpa"}
         )
     model.eval()
-    model.generation_config.noise_scheduler_class = "DPMSolverMultistepScheduler"
-    model.generation_config.noise_scheduler_config = {
-        "beta_schedule": "squaredcos_cap_v2",
-        "prediction_type": "v_prediction",
-    }
-    processor = VibeVoiceProcessor(
-        feature_extractor=VibeVoiceAcousticTokenizerFeatureExtractor(),
-        tokenizer=tokenizer,
-        chat_template=make_tiny_model.CHAT_TEMPLATE,
-    )
+    processor = make_tiny_model.finish_checkpoint(model, tokenizer)
     return model, processor
 
 

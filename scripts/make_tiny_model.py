@@ -138,14 +138,26 @@ def build_config(tokenizer):
     )
 
 
+def finish_checkpoint(model, tokenizer):
+    """Give ``model`` the released checkpoints' noise scheduler; return the matching processor."""
+    from transformers import VibeVoiceAcousticTokenizerFeatureExtractor, VibeVoiceProcessor
+
+    model.generation_config.noise_scheduler_class = "DPMSolverMultistepScheduler"
+    model.generation_config.noise_scheduler_config = {
+        "beta_schedule": "squaredcos_cap_v2",
+        "prediction_type": "v_prediction",
+    }
+    return VibeVoiceProcessor(
+        feature_extractor=VibeVoiceAcousticTokenizerFeatureExtractor(),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
 def build(out_dir: Path, seed: int = 0) -> Path:
     """Write the tiny checkpoint (model, processor, generation config) to ``out_dir``."""
     import torch
-    from transformers import (
-        VibeVoiceAcousticTokenizerFeatureExtractor,
-        VibeVoiceForConditionalGeneration,
-        VibeVoiceProcessor,
-    )
+    from transformers import VibeVoiceForConditionalGeneration
 
     tokenizer = build_tokenizer()
     config = build_config(tokenizer)
@@ -159,16 +171,7 @@ def build(out_dir: Path, seed: int = 0) -> Path:
             config.eos_token_id,
         ]
         model.lm_head.weight[allowed] = 0.0
-    model.generation_config.noise_scheduler_class = "DPMSolverMultistepScheduler"
-    model.generation_config.noise_scheduler_config = {
-        "beta_schedule": "squaredcos_cap_v2",
-        "prediction_type": "v_prediction",
-    }
-    processor = VibeVoiceProcessor(
-        feature_extractor=VibeVoiceAcousticTokenizerFeatureExtractor(),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
+    processor = finish_checkpoint(model, tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +107,42 @@ def reference_engine(service):
     engine = service.engine
     runtime = type("Runtime", (), {"device": engine.device, "dtype": engine.dtype})()
     return ReferenceEngine(engine.model, engine.processor, runtime, engine.model_id)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def api_server(env: dict[str, str], cwd: Path, timeout_s: float = 120) -> Iterator[str]:
+    """``python -m vv_worker.handler --rp_serve_api`` on a free loopback port; yields its base URL, stops it after."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vv_worker.handler", "--rp_serve_api", "--rp_api_port", str(port)]
+        + ["--rp_api_host", "127.0.0.1"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert server.poll() is None, f"the API server exited with {server.returncode}"
+            try:
+                urllib.request.urlopen(f"{base}/docs", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the API server did not start"
+                time.sleep(0.5)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -7,18 +7,14 @@ import base64
 import http.server
 import io
 import json
-import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import decode_wav
+from conftest import api_server, decode_wav
 
 from vv_worker.client import ClientError, JobFailed, RunPodClient, main, save_audio, save_stream
 from vv_worker.engine import SAMPLES_PER_FRAME
@@ -196,49 +192,17 @@ def test_cloud_cli_never_prints_the_key(cloud, tmp_path, monkeypatch, capsys):
 
 
 def test_save_audio_requires_audio(tmp_path):
-    with pytest.raises(ClientError, match="no audio_b64"):
+    with pytest.raises(ClientError, match="neither audio_b64 nor audio_url"):
         save_audio({"error": "x"}, tmp_path / "a.wav")
 
 
 # --------------------------------------------------------- real local API server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def local_server(subprocess_env, tmp_path_factory):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vv_worker.handler", "--rp_serve_api", "--rp_api_port", str(port)]
-        + ["--rp_api_host", "127.0.0.1"],
-        env=subprocess_env,
-        cwd=tmp_path_factory.mktemp("api"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the API server did not start"
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    with api_server(subprocess_env, tmp_path_factory.mktemp("api")) as base:
+        yield base
 
 
 def test_local_runsync(local_server):

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import soundfile as sf
-from conftest import decode_wav
+from conftest import api_server, decode_wav
 
 from vv_worker.engine import SAMPLES_PER_FRAME
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_local_cli_writes_a_playable_wav(subprocess_env, tmp_path):
@@ -98,30 +90,11 @@ def test_bad_setting_stops_the_worker_with_the_variable_name(subprocess_env, tmp
 
 
 def test_local_api_server_answers_runsync_over_http(subprocess_env, tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vv_worker.handler", "--rp_serve_api", "--rp_api_port", str(port)]
-        + ["--rp_api_host", "127.0.0.1"],
-        env=subprocess_env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the API server did not start"
-                time.sleep(0.5)
+    with api_server(subprocess_env, tmp_path) as base:
 
         def runsync(payload: dict) -> dict:
             request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/runsync",
+                f"{base}/runsync",
                 data=json.dumps({"input": payload}).encode(),
                 headers={"Content-Type": "application/json"},
                 method="POST",
@@ -139,10 +112,3 @@ def test_local_api_server_answers_runsync_over_http(subprocess_env, tmp_path):
 
         again = runsync({"text": "Hello over HTTP.", "seed": 8})
         assert again["output"]["audio_b64"] == body["output"]["audio_b64"]
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()

@@ -5,15 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
-import sys
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 import soundfile as sf
-from test_entrypoints import _free_port
+from conftest import api_server
 
 from vv_worker.engine import SAMPLES_PER_FRAME
 from vv_worker.handler import handle_job, stream_job
@@ -75,33 +72,8 @@ def test_stream_refuses_options_that_need_the_whole_audio(service):
 
 @pytest.fixture(scope="module")
 def streaming_server(subprocess_env, tmp_path_factory):
-    port = _free_port()
-    env = dict(subprocess_env, VV_STREAMING="true")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vv_worker.handler", "--rp_serve_api", "--rp_api_port", str(port)]
-        + ["--rp_api_host", "127.0.0.1"],
-        env=env,
-        cwd=tmp_path_factory.mktemp("stream-server"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert server.poll() is None, "the streaming API server exited"
-        try:
-            urllib.request.urlopen(f"{base}/docs", timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "the streaming API server did not start"
-            time.sleep(0.5)
-    yield base
-    server.terminate()
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    with api_server(dict(subprocess_env, VV_STREAMING="true"), tmp_path_factory.mktemp("stream-server")) as base:
+        yield base
 
 
 def post(url: str, payload: dict | None = None) -> dict:
