@@ -458,14 +458,9 @@ def test_a_redirect_to_a_non_public_address_is_refused(protected, monkeypatch, l
     assert hops == ["http://public.example/voice.wav"]
 
 
-# --- real bugs, pinned as strict xfails (see the reasons) -------------------------------------------
+# --- bugs this corpus found, fixed; kept as regression tests ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prompt.parse_script checks section markers before folding whitespace: 'Speech\\noutput:' (or two spaces, "
-    "a tab, U+2028) passes the check and is folded into the exact marker 'Speech output:' in the prompt",
-)
 @pytest.mark.parametrize("text", ["Hello Speech\noutput: x", "Hello Voice  input: x", "Text\u2028input: x"])
 def test_prompt_markers_split_by_whitespace_are_refused(text):
     from vv_worker.prompt import PROMPT_MARKERS, ScriptError, parse_script
@@ -478,12 +473,6 @@ def test_prompt_markers_split_by_whitespace_are_refused(text):
     assert not any(marker.lower() in folded.lower() for marker in PROMPT_MARKERS), folded
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="voice_settings.temperature accepts any value > 0, but logits / temperature overflow float32 below about "
-    "1e-38: AllowedTokenSampler's softmax gives NaN and torch.multinomial raises, so a valid request is an "
-    "internal error",
-)
 def test_a_tiny_valid_temperature_is_not_an_internal_error(service):
     from vv_worker.handler import handle_job
 
@@ -493,11 +482,6 @@ def test_a_tiny_valid_temperature_is_not_an_internal_error(service):
     assert "audio_b64" in out or not out["error"].startswith("internal error"), out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VV_URL_TIMEOUT_S is passed to requests as a per-read timeout: a server that sends a byte every 0.3 s is "
-    "never timed out, so a fetch can outlast the documented limit (and VV_JOB_TIMEOUT, which is checked after it)",
-)
 def test_a_trickling_url_is_cut_off_at_the_url_timeout(monkeypatch):
     from vv_worker.voices import VoiceError, fetch_url
 

@@ -39,6 +39,7 @@ class ReferenceLimits:
     min_seconds: float = 1.0
     max_seconds: float = 60.0
     max_decode_seconds: float = 600.0  # decoding stops past this, before trimming
+    max_decode_samples: int = 30_000_000  # and past this many samples (120 MB as float32), whatever the rate
 
 
 _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -57,7 +58,9 @@ def decode_base64(data: str, field: str) -> bytes:
     return raw
 
 
-def read_audio(raw: bytes, field: str, max_seconds: float = 600.0) -> tuple[np.ndarray, int]:
+def read_audio(
+    raw: bytes, field: str, max_seconds: float = 600.0, max_samples: int = 30_000_000
+) -> tuple[np.ndarray, int]:
     """Decode a file held in memory to float32 mono.
 
     The header is checked first (rate, channels, declared length), then the data is decoded in
@@ -73,17 +76,16 @@ def read_audio(raw: bytes, field: str, max_seconds: float = 600.0) -> tuple[np.n
             raise AudioError(f"{field}: sample rate {rate} Hz is outside {RATE_RANGE[0]} to {RATE_RANGE[1]} Hz")
         if not 1 <= channels <= MAX_CHANNELS:
             raise AudioError(f"{field}: {channels} channels; at most {MAX_CHANNELS} are accepted")
-        cap = int(max_seconds * rate)
+        cap = min(int(max_seconds * rate), max_samples)
+        limit = f"at most {cap / rate:g} s at {rate} Hz is decoded"
         if handle.frames > cap:
-            raise AudioError(
-                f"{field}: declares {handle.frames / rate:.1f} s of audio; at most {max_seconds:g} s is decoded"
-            )
+            raise AudioError(f"{field}: declares {handle.frames / rate:.1f} s of audio; {limit}")
         blocks, total = [], 0
         try:
             for block in handle.blocks(blocksize=65536, dtype="float32", always_2d=True):
                 total += block.shape[0]
                 if total > cap:
-                    raise AudioError(f"{field}: decodes to more than {max_seconds:g} s of audio")
+                    raise AudioError(f"{field}: decodes to more than {cap / rate:g} s of audio; {limit}")
                 blocks.append(block.mean(axis=1))
         except (sf.LibsndfileError, RuntimeError):
             raise AudioError(f"{field}: the audio data is corrupt or truncated") from None
@@ -123,7 +125,10 @@ def trim_silence(samples: np.ndarray, rate: int, threshold_db: float = TRIM_DBFS
 
 def prepare_reference(raw: bytes, field: str, limits: ReferenceLimits) -> np.ndarray:
     """A decoded, checked, trimmed reference voice as float32 mono at 24 kHz."""
-    samples, rate = read_audio(raw, field, max_seconds=limits.max_decode_seconds)
+    samples, rate = read_audio(raw, field, limits.max_decode_seconds, limits.max_decode_samples)
+    peak = float(np.max(np.abs(samples)))
+    if peak > 1.0:  # float formats may exceed full scale; the level is normalised later anyway
+        samples = samples / np.float32(peak)
     level = dbfs(samples)
     if level < SILENCE_DBFS:
         raise AudioError(

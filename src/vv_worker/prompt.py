@@ -39,7 +39,8 @@ def _fold(text: str) -> str:
 
 
 def _reject_markers(text: str) -> None:
-    lowered = text.lower()
+    """Checked on the folded text: 'Speech\noutput:' becomes 'Speech output:' in the prompt."""
+    lowered = _fold(text).lower()
     for marker in PROMPT_MARKERS:
         if marker.lower() in lowered:
             raise ScriptError(

@@ -87,15 +87,28 @@ def fetch_url(url: str, *, timeout_s: float, max_bytes: int, field: str = "refer
     Private and loopback targets are refused unless RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=true,
     the SDK's own switch for that.
     """
-    import requests
-    from runpod.serverless.utils.rp_ssrf import SSRFError, iter_content_capped, safe_get
+    import time
 
+    import requests
+    from runpod.serverless.utils.rp_ssrf import SSRFError, safe_get
+
+    deadline = time.monotonic() + timeout_s
     try:
+        # requests' timeout bounds the connection and each read; the deadline bounds the whole download
         response = safe_get(url, timeout=timeout_s, max_bytes=max_bytes)
         try:
             if response.status_code != 200:
                 raise VoiceError(f"{field}: the server answered HTTP {response.status_code}")
-            return b"".join(iter_content_capped(response, 65536, max_bytes))
+            parts, total = [], 0
+            # read1 returns after one receive, so a server trickling bytes cannot outlast the deadline
+            while part := response.raw.read1(65536, decode_content=True):
+                total += len(part)
+                if total > max_bytes:
+                    raise SSRFError(f"download exceeds size cap: >{max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise requests.Timeout()
+                parts.append(part)
+            return b"".join(parts)
         finally:
             response.close()
     except SSRFError as error:

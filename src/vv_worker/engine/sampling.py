@@ -29,9 +29,14 @@ class AllowedTokenSampler(LogitsProcessor):
     def pick(self, allowed_scores: torch.Tensor) -> torch.Tensor:
         """Draw among the allowed tokens; ``allowed_scores`` is (batch, n_allowed) in id order.
 
-        Returns the drawn column indices, (batch, 1), on the generator's device.
+        Returns the drawn column indices, (batch, 1), on the generator's device. In float64 (every
+        temperature the schema accepts is representable there) and with the best score subtracted
+        before dividing, a tiny temperature gives the others -inf (probability 0) instead of NaN:
+        near zero this is argmax, as it should be.
         """
-        probs = torch.softmax(allowed_scores.float() / self.temperature, dim=-1)
+        scores = allowed_scores.double()
+        scaled = (scores - scores.max(dim=-1, keepdim=True).values) / self.temperature
+        probs = torch.softmax(scaled, dim=-1)
         return torch.multinomial(probs.to(self.generator.device), 1, generator=self.generator)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
