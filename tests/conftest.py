@@ -7,20 +7,29 @@ import contextlib
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from api_server import ApiServer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VOICES = REPO.parent / "shared" / "voices"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The tiny model gains nothing from threads, and spinning threads slow everything on a shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +80,8 @@ def subprocess_env(tiny_model_dir, empty_voices_dir) -> dict[str, str]:
         VV_VOICES_DIR=str(empty_voices_dir),
         VV_FRAMES_PER_CHAR="0.25",  # the same small frame cap as the in-process service
         VV_EXTRA_FRAMES="4",
+        # OpenMP threads spinning against another busy process made 50 ms jobs take seconds
+        OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
         HF_HUB_OFFLINE="1",
     )
@@ -109,40 +120,11 @@ def reference_engine(service):
     return ReferenceEngine(engine.model, engine.processor, runtime, engine.model_id)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
-def api_server(env: dict[str, str], cwd: Path, timeout_s: float = 120) -> Iterator[str]:
-    """``python -m vv_worker.handler --rp_serve_api`` on a free loopback port; yields its base URL, stops it after."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vv_worker.handler", "--rp_serve_api", "--rp_api_port", str(port)]
-        + ["--rp_api_host", "127.0.0.1"],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+def api_server(env: dict[str, str], cwd: Path) -> Iterator[str]:
+    """The local API server (tests/api_server.py) for a ``with`` block; yields its base URL."""
+    server = ApiServer(env, cwd)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert server.poll() is None, f"the API server exited with {server.returncode}"
-            try:
-                urllib.request.urlopen(f"{base}/docs", timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the API server did not start"
-                time.sleep(0.5)
-        yield base
+        yield f"http://127.0.0.1:{server.port}"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop()
