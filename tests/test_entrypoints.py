@@ -14,15 +14,25 @@ from conftest import api_server, decode_wav
 from vv_worker.engine import SAMPLES_PER_FRAME
 
 
+def run_module(*args: str, env: dict[str, str], cwd, timeout: int) -> subprocess.CompletedProcess:
+    """``python -m <args>`` with captured text output."""
+    return subprocess.run(
+        [sys.executable, "-m", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_local_cli_writes_a_playable_wav(subprocess_env, tmp_path):
     out = tmp_path / "nested" / "hello.wav"
-    done = subprocess.run(
-        [sys.executable, "-m", "vv_worker.local", "--text", "Hello from the command line."]
-        + ["--seed", "4", "--out", str(out)],
+    done = run_module(
+        "vv_worker.local",
+        "--text",
+        "Hello from the command line.",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
         env=subprocess_env,
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         timeout=180,
     )
     assert done.returncode == 0, done.stderr
@@ -35,27 +45,15 @@ def test_local_cli_writes_a_playable_wav(subprocess_env, tmp_path):
 
 
 def test_local_cli_reports_bad_input_without_a_traceback(subprocess_env, tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "vv_worker.local", "--text", "Hi", "--speed", "9"],
-        env=subprocess_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_module("vv_worker.local", "--text", "Hi", "--speed", "9", env=subprocess_env, cwd=tmp_path, timeout=180)
     assert done.returncode == 2
     assert "voice_settings.speed" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_handler_test_input_mode(subprocess_env, tmp_path):
     job = {"input": {"text": "Testing the test input mode.", "seed": 2}}
-    done = subprocess.run(
-        [sys.executable, "-m", "vv_worker.handler", "--test_input", json.dumps(job)],
-        env=subprocess_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    done = run_module(
+        "vv_worker.handler", "--test_input", json.dumps(job), env=subprocess_env, cwd=tmp_path, timeout=180
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Job local_test completed successfully." in done.stdout
@@ -63,13 +61,8 @@ def test_handler_test_input_mode(subprocess_env, tmp_path):
 
 def test_handler_test_input_mode_fails_cleanly_on_bad_input(subprocess_env, tmp_path):
     job = {"input": {"text": "", "seed": 2}}
-    done = subprocess.run(
-        [sys.executable, "-m", "vv_worker.handler", "--test_input", json.dumps(job)],
-        env=subprocess_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    done = run_module(
+        "vv_worker.handler", "--test_input", json.dumps(job), env=subprocess_env, cwd=tmp_path, timeout=180
     )
     assert done.returncode == 1
     assert "text: text is empty" in done.stdout
@@ -77,13 +70,8 @@ def test_handler_test_input_mode_fails_cleanly_on_bad_input(subprocess_env, tmp_
 
 def test_bad_setting_stops_the_worker_with_the_variable_name(subprocess_env, tmp_path):
     env = dict(subprocess_env, VV_DIFFUSION_STEPS="500")
-    done = subprocess.run(
-        [sys.executable, "-m", "vv_worker.handler", "--test_input", '{"input": {"text": "x"}}'],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = run_module(
+        "vv_worker.handler", "--test_input", '{"input": {"text": "x"}}', env=env, cwd=tmp_path, timeout=120
     )
     assert done.returncode == 2
     assert "VV_DIFFUSION_STEPS" in done.stderr and "Traceback" not in done.stderr
