@@ -109,7 +109,7 @@ def test_time_stretch_changes_length_not_pitch():
 
 
 def test_wav_encoding_is_pcm16_and_clips():
-    raw = audio.encode_wav(np.array([0.0, 2.0, -2.0, 0.5], dtype=np.float32))
+    raw = audio.encode(np.array([0.0, 2.0, -2.0, 0.5], dtype=np.float32), 24000, "wav")
     samples, rate = audio.read_audio(raw, "f")
     assert rate == 24000
     np.testing.assert_allclose(samples, [0.0, 1.0, -1.0, 0.5], atol=1e-4)

@@ -209,10 +209,5 @@ def encode_pcm16(samples: np.ndarray, rate: int = MODEL_SAMPLE_RATE) -> bytes:
     return buffer.getvalue()
 
 
-def encode_wav(samples: np.ndarray, rate: int = MODEL_SAMPLE_RATE) -> bytes:
-    """PCM 16-bit mono WAV bytes."""
-    return encode(samples, rate, "wav")
-
-
 def mime_type(output_format: str) -> str:
     return OUTPUT_FORMATS[output_format][2]

@@ -69,10 +69,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def model_is_local(self) -> bool:
-        return Path(self.model).expanduser().is_dir()
-
 
 @dataclass(frozen=True)
 class Runtime:

@@ -182,8 +182,9 @@ class SynthesisService:
             self._check_streamable(request)
         voices, warnings = self.resolve_voices(request, script)
         should_stop = self._time_limit(deadline)
-        if should_stop():
-            raise JobStopped(should_stop())
+        reason = should_stop()
+        if reason is not None:
+            raise JobStopped(reason)
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         job = GenerationJob(
             script=script.lines,
