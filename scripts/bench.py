@@ -132,12 +132,12 @@ def stock_inputs(engine, job) -> dict:
     """Exactly what stock usage passes to generate: the processor's batch, voices as raw waveforms."""
     from vv_worker.prompt import build_conversation
 
-    batch = engine.processor.apply_chat_template(
+    batch = engine.loaded.processor.apply_chat_template(
         build_conversation(job.script, job.voices), tokenize=True, return_dict=True, return_tensors="pt"
     )
-    inputs = {key: value.to(engine.model.device) for key, value in batch.items()}
+    inputs = {key: value.to(engine.loaded.model.device) for key, value in batch.items()}
     if "input_values" in inputs:
-        inputs["input_values"] = inputs["input_values"].to(engine.model.dtype)
+        inputs["input_values"] = inputs["input_values"].to(engine.loaded.model.dtype)
     return inputs
 
 
@@ -147,16 +147,16 @@ def time_stock(engine, job, inputs, device: str):
 
     class OnlyAudio(LogitsProcessor):
         def __call__(self, input_ids, scores):
-            keep = scores[:, engine.audio_token_id].clone()
+            keep = scores[:, engine.loaded.audio_token_id].clone()
             scores = torch.full_like(scores, float("-inf"))
-            scores[:, engine.audio_token_id] = keep
+            scores[:, engine.loaded.audio_token_id] = keep
             return scores
 
     torch.manual_seed(job.seed)
     sync(device)
     started = time.perf_counter()
     with torch.inference_mode():
-        out = engine.model.generate(
+        out = engine.loaded.model.generate(
             **inputs,
             max_new_tokens=job.max_frames,
             guidance_scale=job.cfg_scale,
@@ -204,6 +204,7 @@ def bench(args) -> None:
     from vv_worker.config import Runtime
     from vv_worker.engine.base import GenerationJob
     from vv_worker.engine.fast import FastEngine
+    from vv_worker.engine.loaded import LoadedModel
     from vv_worker.prompt import ScriptLine
 
     if args.threads:
@@ -212,11 +213,13 @@ def bench(args) -> None:
         os.environ["VV_FAST_CUDA_GRAPHS"] = "0"
     started = time.perf_counter()
     model, processor = build_model(args.config, args.device, args.dtype)
-    engine = FastEngine(model, processor, Runtime(args.device, args.dtype, "sdpa"), f"random-{args.config}")
+    engine = FastEngine(
+        LoadedModel(model, processor, Runtime(args.device, args.dtype, "sdpa"), f"random-{args.config}")
+    )
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: random {args.config}, {params:.1f} M parameters, built in {time.perf_counter() - started:.1f} s")
     print(f"device: {args.device} ({describe_device(args.device)}), dtype {args.dtype}, torch threads "
-          f"{torch.get_num_threads()}, CUDA graphs {'on' if engine.cuda_graphs is not None else 'off'}")  # fmt: skip
+          f"{torch.get_num_threads()}, CUDA graphs off (not implemented)")  # fmt: skip
     voices = {0: speechlike(args.voice_seconds)} if args.voice_seconds else {}
     job = GenerationJob(
         script=[ScriptLine(0, TEXT)],

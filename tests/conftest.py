@@ -44,6 +44,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def varied_model_dir(tmp_path_factory) -> Path:
+    """The tiny model whose allowed lm_head rows are random: its tokens depend on everything (no ties)."""
+    out = tmp_path_factory.mktemp("tiny-vibevoice-varied")
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), str(out), "--varied-tokens"],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def empty_voices_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("no-voices")
 

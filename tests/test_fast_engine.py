@@ -1,7 +1,9 @@
-"""The fast engine against transformers' stock ``generate`` on the tiny model (float32, CPU).
+"""The fast engine against the oracle, and stock ``generate`` where it agrees, on the forced-frames tiny model.
 
 Same seed -> same tokens and the same audio within 2e-5 (measured differences are ~3e-6; the
-audio's scale is ~0.1). The tiny model's argmax always picks the audio token, so the negative
+audio's scale is ~0.1). Stock agrees with the oracle until an audio_bos or audio_eos is followed
+by more audio (docs/FIDELITY.md); there the test asserts that it differs. The varied-token model's
+cases are in test_fidelity.py. The tiny model's argmax always picks the audio token, so the negative
 branch's reset at audio_bos is exercised by the temperature cases, where the four allowed
 tokens are drawn uniformly; those cases use cfg 3 so that a wrong negative branch moves the
 audio by ~1e-3, far outside the tolerance.
@@ -26,47 +28,30 @@ TWO = [ScriptLine(0, "Hello there."), ScriptLine(1, "Hi! How are you?"), ScriptL
 
 @pytest.fixture(scope="module")
 def engines(tiny_model_dir, empty_voices_dir):
+    """(stock, fast, oracle) over one loaded copy of the forced-frames tiny model."""
     from vv_worker.config import load_settings
     from vv_worker.engine.fast import FastEngine
+    from vv_worker.engine.loaded import LoadedModel
+    from vv_worker.engine.oracle import OracleEngine
     from vv_worker.engine.reference import ReferenceEngine
 
-    settings = load_settings(model=str(tiny_model_dir), voices_dir=empty_voices_dir)
-    # One intra-op thread: the tiny model gains nothing from more, and on a busy 2-core machine
-    # OpenMP threads that spin against other processes make each run 10-100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield ReferenceEngine.load(settings), FastEngine.load(settings)
-    torch.set_num_threads(threads)
+    loaded = LoadedModel.load(load_settings(model=str(tiny_model_dir), voices_dir=empty_voices_dir))
+    return ReferenceEngine(loaded), FastEngine(loaded), OracleEngine(loaded)
 
 
-def run_stock(reference, job: GenerationJob):
-    """Stock result (or its EngineError) and the tokens stock generated, read from its output."""
-    captured = {}
-    original = reference.model.generate
-
-    def spy(*args, **kwargs):
-        output = original(*args, **kwargs)
-        captured["sequences"] = output.sequences
-        return output
-
-    reference.model.generate = spy
+def outcome(engine, job: GenerationJob):
+    """(audio or the EngineError, tokens) of one engine."""
+    if hasattr(engine, "stream"):
+        stream = engine.stream(job)
+        try:
+            return np.concatenate(list(stream)), stream.tokens
+        except EngineError as error:
+            return error, stream.tokens
     try:
-        result = reference.generate(job)
+        result = engine.generate(job)
     except EngineError as error:
-        result = error
-    finally:
-        reference.model.generate = original
-    prompt = reference.prepare_inputs(job)["input_ids"].shape[1]
-    return result, captured["sequences"][0, prompt:].tolist()
-
-
-def run_fast(fast, job: GenerationJob):
-    stream = fast.stream(job)
-    try:
-        audio = np.concatenate(list(stream))
-    except EngineError as error:
-        audio = error
-    return audio, stream
+        return error, getattr(error, "tokens", None)
+    return result.audio, result.extra["tokens"]
 
 
 def job_for(script=ONE, voices=None, **options) -> GenerationJob:
@@ -75,26 +60,37 @@ def job_for(script=ONE, voices=None, **options) -> GenerationJob:
     return GenerationJob(script=script, voices=voices or {}, **values)
 
 
+def stock_should_agree(tokens: list[int], ids) -> bool:
+    """Stock departs from the original only after an audio_bos or audio_eos that is followed by a frame
+    (its negative positions and its tokenizer caches); on this model its token-logits CFG mixes ties."""
+    resets = [i for i, token in enumerate(tokens) if token in (ids.audio_bos_token_id, ids.audio_eos_token_id)]
+    return not resets or ids.audio_token_id not in tokens[resets[0] + 1 :]
+
+
 def assert_same(engines, job: GenerationJob):
-    reference, fast = engines
-    stock, stock_tokens = run_stock(reference, job)
-    audio, stream = run_fast(fast, job)
-    assert stream.tokens == stock_tokens
-    if isinstance(stock, EngineError):
+    """The fast engine equals the oracle; stock equals it too where it should, and differs where it should not."""
+    stock, fast, oracle = engines
+    expected, tokens = outcome(oracle, job)
+    audio, fast_tokens = outcome(fast, job)
+    assert fast_tokens == tokens
+    if isinstance(expected, EngineError):
         assert isinstance(audio, EngineError)
-        return stock_tokens, None
-    assert stream.frames == stock.frames
-    assert stream.finish_reason == stock.finish_reason
-    assert audio.dtype == np.float32
-    assert audio.shape == stock.audio.shape
-    assert np.std(stock.audio) > 1e-3  # real signal, not silence on both sides
-    np.testing.assert_allclose(audio, stock.audio, rtol=0, atol=ATOL)
-    return stock_tokens, audio
+        return tokens, None
+    assert audio.dtype == np.float32 and audio.shape == expected.shape
+    assert np.std(expected) > 1e-3  # real signal, not silence on both sides
+    np.testing.assert_allclose(audio, expected, rtol=0, atol=ATOL)
+    stock_audio, stock_tokens = outcome(stock, job)
+    assert stock_tokens == tokens
+    if stock_should_agree(tokens, oracle.loaded):
+        np.testing.assert_allclose(stock_audio, expected, rtol=0, atol=ATOL)
+    else:
+        assert np.abs(stock_audio - expected).max() > 1e-3
+    return tokens, audio
 
 
 def test_single_speaker_without_voice(engines):
     tokens, _ = assert_same(engines, job_for())
-    assert tokens == [engines[0].audio_token_id] * 12
+    assert tokens == [engines[2].loaded.audio_token_id] * 12
 
 
 def test_single_speaker_with_voice(engines):
@@ -118,32 +114,32 @@ RESET_SEEDS = [3, 8, 15, 33]
 
 @pytest.mark.parametrize("seed", RESET_SEEDS)
 def test_temperature_sampling_and_negative_reset(engines, seed):
-    reference = engines[0]
+    ids = engines[2].loaded
     job = job_for(
         voices={0: speechlike(1.0)}, seed=seed, temperature=1.0, cfg_scale=3.0, diffusion_steps=5, max_frames=16
     )
     tokens, _ = assert_same(engines, job)
-    bos_at = tokens.index(reference.model.config.audio_bos_token_id)
-    assert reference.audio_token_id in tokens[bos_at + 1 :], "this seed no longer exercises the reset"
+    bos_at = tokens.index(ids.audio_bos_token_id)
+    assert ids.audio_token_id in tokens[bos_at + 1 :], "this seed no longer exercises the reset"
 
 
 def test_temperature_end_of_speech_and_no_audio(engines):
-    reference = engines[0]
+    ids = engines[2].loaded
     tokens, audio = assert_same(engines, job_for(seed=20, temperature=1.0, max_frames=16))
-    assert tokens[-1] == reference.eos_token_id and audio is not None
+    assert tokens[-1] == ids.eos_token_id and audio is not None
     tokens, audio = assert_same(engines, job_for(seed=2, temperature=1.0, max_frames=16))
-    assert tokens == [reference.eos_token_id] and audio is None  # both refuse: no audio at all
+    assert tokens == [ids.eos_token_id] and audio is None  # both refuse: no audio at all
 
 
 def test_frame_cap(engines):
-    _, fast = engines
+    fast = engines[1]
     result = fast.generate(job_for(max_frames=5))
     assert result.frames == 5 and result.finish_reason == "frame_cap"
     assert result.audio.shape == (5 * 3200,)
 
 
 def test_stream_concatenates_to_generate(engines):
-    _, fast = engines
+    fast = engines[1]
     job = job_for(voices={0: speechlike(1.0)}, max_frames=7)
     progress = []
     stream = fast.stream(job, on_progress=lambda done, cap: progress.append((done, cap)))
@@ -158,7 +154,7 @@ def test_stream_concatenates_to_generate(engines):
 
 def test_seed_and_cfg_change_the_audio(engines):
     """Guards against a comparison that passes for uninteresting reasons."""
-    _, fast = engines
+    fast = engines[1]
     base = fast.generate(job_for(voices={0: speechlike(1.0)})).audio
     other_seed = fast.generate(job_for(voices={0: speechlike(1.0)}, seed=8)).audio
     other_cfg = fast.generate(job_for(voices={0: speechlike(1.0)}, cfg_scale=3.0)).audio
@@ -167,10 +163,10 @@ def test_seed_and_cfg_change_the_audio(engines):
 
 
 def test_forced_frames(engines):
-    _, fast = engines
+    fast = engines[1]
     job = job_for(seed=2, temperature=1.0, max_frames=6)  # seed 2 draws eos first when not forced
     stream = fast.stream(job, force_frames=True)
-    assert len(list(stream)) == 6 and stream.tokens == [fast.audio_token_id] * 6
+    assert len(list(stream)) == 6 and stream.tokens == [fast.loaded.audio_token_id] * 6
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -192,15 +188,3 @@ def test_solver_plan_is_bitwise_scheduler_step(steps, dtype):
         expected = stock.step(output, timestep, expected).prev_sample
         ours, previous = solver_update(plan, index, ours, output, previous)
     assert torch.equal(ours, expected)
-
-
-def test_cuda_graphs_fall_back_to_eager_without_cuda(engines):
-    """The CUDA-graph path is untested here (no GPU); on the CPU its safety net must leave the engine eager."""
-    from vv_worker.engine.fast_cuda import enable_cuda_graphs
-
-    _, fast = engines
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present: this checks the CPU fallback only")
-    assert enable_cuda_graphs(fast) is False
-    assert fast.cuda_graphs is None
-    assert fast.generate(job_for(max_frames=2)).frames == 2

@@ -31,8 +31,13 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    engine: Literal["auto", "fast", "reference"] = Field(
-        "auto", description="fast: our decode loop; reference: transformers' generate; auto: fast"
+    engine: Literal["auto", "fast", "reference", "oracle"] = Field(
+        "auto",
+        description="fast: batched decode loop; reference: transformers' generate; "
+        "oracle: the original loop, one request at a time; auto: fast",
+    )
+    max_batch: int | None = Field(
+        None, ge=1, le=64, description="Requests the fast engine steps together (unset: 8 on a GPU, 4 on the CPU)"
     )
     streaming: bool = Field(False, description="Make the RunPod handler a generator that can stream audio")
 

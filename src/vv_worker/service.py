@@ -59,14 +59,11 @@ class SynthesisService:
     @classmethod
     def from_settings(cls, settings: Settings) -> SynthesisService:
         """Find the model (local folder, RunPod cache, volume, baked, or hub), load it, open the library."""
-        from .engine.fast import FastEngine
-        from .engine.reference import ReferenceEngine
+        from .engine import load_engine
         from .provision import resolve_model
 
         source = resolve_model(settings.model)
-        # auto = fast: it matches stock (tests) and was faster on every config measured (docs/BENCHMARKS.md)
-        engine_class = ReferenceEngine if settings.engine == "reference" else FastEngine
-        engine = engine_class.load(settings, path=source.path_or_id)
+        engine = load_engine(settings, path=source.path_or_id)
         return cls(settings, engine, VoiceLibrary(settings.voices_dir))
 
     # --- requests ---------------------------------------------------------------------------

@@ -1,252 +1,344 @@
-"""The fast path: our own per-frame decode loop over the model's modules, same results as stock.
+"""The fast engine: the original loop's semantics (see ``oracle.py``), many requests per step.
 
-Per frame: one LLM forward of two rows (positive prompt branch and CFG negative branch) on a
-static KV cache, a 4-row LM head, the diffusion loop on precomputed DPM-Solver coefficients, then
-the streaming acoustic decode and semantic encode (the tokenizers' own padding caches). Audio
-leaves frame by frame through :meth:`FastEngine.stream`.
+Each request is a :class:`RequestState`; one scheduler thread owns the model and steps every active
+request together (continuous batching): newcomers are prefilled between steps and join the batch,
+and requests leave when they finish, fail, time out or are cancelled. One step is
 
-Equivalence with transformers' ``generate`` (same seed, same tokens, allclose audio) is what the
-tests check; the choices below follow from it:
+1. the token choice for every request from its positive hidden state (4-row LM head);
+2. per request: eos/frame cap ends it, audio_eos drops its tokenizer caches, audio_bos resets its
+   negative branch, the audio token commits its negative branch's speculative step;
+3. one diffusion batch per distinct step count (cfg per row), then one acoustic decode and one
+   semantic encode over every request that made a frame, each with its own conv caches;
+4. one LLM forward over 2N rows: each request's positive row and its negative row, fed the same
+   input; the negative row is speculative and counts only if the next token is the audio token
+   (the original runs it only then, on the same input).
 
-- Random numbers are drawn exactly as stock draws them: ``torch.manual_seed(seed)`` before the
-  prompt, the voice latents' sampling inside ``get_audio_features``, then one CPU
-  ``torch.randn(2, latent)`` per audio frame.
-- The negative branch is computed speculatively in row 1 of every step and committed only when
-  the step's token is the audio token (stock runs it only then). Stock gives it rotary positions
-  by its physical cache length, and on a generated audio_bos masks out its whole history; row 1
-  keeps the same positions and mask.
-- ``generate``'s frame cap counts generated tokens, as stock's ``max_new_tokens`` does.
+A request's noise comes from its own CPU generator seeded with its seed, drawn in the same order
+as the oracle, so its audio does not depend on what else is in the batch.
 """
 
 from __future__ import annotations
 
-import os
+import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from ..config import Settings
 from .base import EngineError, FinishReason, GenerationJob, GenerationResult, JobStopped, ProgressCallback
-from .reference import ReferenceEngine
+from .loaded import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class RequestState:
+    """One request's whole decode state; the engine's ops read and update it."""
+
+    job: GenerationJob
+    force_frames: bool
+    noise: torch.Generator  # voice noise, then one randn(2, latent) per frame
+    sampler: object | None  # AllowedTokenSampler with its own generator, when job.temperature is set
+    outbox: queue.Queue = field(default_factory=queue.Queue)  # ("audio", chunk) | ("done", None) | ("error", exc)
+    pair: int = -1  # its two KV rows: 2 * pair (positive) and 2 * pair + 1 (negative)
+    positive_length: int = 0  # filled slots of the positive row: its next slot and rotary position
+    negative_length: int = 0  # attended slots of the negative row: its next slot and rotary position
+    positive_hidden: torch.Tensor | None = None  # (1, hidden) from its last forward
+    negative_hidden: torch.Tensor | None = None  # speculative, from the same forward
+    next_input: torch.Tensor | None = None  # (1, 1, hidden) what the next forward consumes
+    acoustic_cache: dict | None = None  # None: fresh (zeros)
+    semantic_cache: dict | None = None
+    tokens: list[int] = field(default_factory=list)
+    frames: int = 0
+    finish_reason: FinishReason | None = None
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+    first_audio_seconds: float | None = None
 
 
 class FrameStream:
-    """Iterator of float32 audio chunks (one per audio frame, 3200 samples each).
+    """Iterator of float32 audio chunks (one per audio frame, 3200 samples each) of one request.
 
     Once exhausted: ``frames``, ``finish_reason``, ``tokens`` (every generated token id) and
-    ``first_audio_seconds`` (from the start of iteration to the first chunk) are set.
+    ``first_audio_seconds`` (from submission to the first chunk) are set. ``close()`` (or dropping
+    it) cancels the request.
     """
 
-    def __init__(self, engine: FastEngine, job: GenerationJob, on_progress: ProgressCallback | None, force: bool):
+    def __init__(self, state: RequestState, on_progress: ProgressCallback | None):
+        self._state = state
+        self._on_progress = on_progress
+        self._done = False
         self.frames = 0
         self.finish_reason: FinishReason | None = None
         self.tokens: list[int] = []
         self.first_audio_seconds: float | None = None
-        self._chunks = engine._frames(job, on_progress, force, self)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self
 
     def __next__(self) -> np.ndarray:
-        return next(self._chunks)
+        if self._done:
+            raise StopIteration
+        kind, value = self._state.outbox.get()
+        if kind == "audio":
+            self.frames += 1
+            if self._on_progress is not None:
+                self._on_progress(self.frames, self._state.job.max_frames)
+            return value
+        self._done = True
+        state = self._state
+        self.tokens, self.first_audio_seconds = list(state.tokens), state.first_audio_seconds
+        if kind == "error":
+            raise value
+        self.finish_reason = state.finish_reason
+        raise StopIteration
+
+    def close(self) -> None:
+        self._state.cancelled = True
+
+    def __del__(self):
+        self._state.cancelled = True
 
 
-class FastEngine(ReferenceEngine):
-    """Same loading and prompt building as :class:`ReferenceEngine`; its own decode loop."""
+class FastEngine:
+    """Continuous batching over a :class:`LoadedModel` (composed: the model is shared, not inherited)."""
 
-    def __init__(self, model, processor, runtime, model_id: str):
-        super().__init__(model, processor, runtime, model_id)
+    def __init__(self, loaded: LoadedModel, max_batch: int = 4):
         from .fast_diffusion import DiffusionSampler
-        from .fast_lm import PairedDecoder
+        from .ops import BatchLM, StreamingCodec
 
-        config = model.config
-        self.audio_bos_token_id = config.audio_bos_token_id
-        self.decoder = PairedDecoder(model, self.allowed_token_ids)
-        generation_config = model.generation_config
-        scheduler = getattr(generation_config, "noise_scheduler", None)
-        if scheduler is None:
-            scheduler = type(model)._build_default_noise_scheduler(generation_config)
-        self.diffusion = DiffusionSampler(model, scheduler)
-        eos = generation_config.eos_token_id
-        eos = config.eos_token_id if eos is None else eos
-        self.stop_token_ids = set(eos if isinstance(eos, list) else [eos])
-        self.cuda_graphs = None  # a fast_cuda.GraphOps when CUDA graphs are on
-        if self.device.startswith("cuda") and os.environ.get("VV_FAST_CUDA_GRAPHS", "1") != "0":
-            from .fast_cuda import enable_cuda_graphs
+        self.loaded = loaded
+        self.model_id, self.device, self.dtype = loaded.model_id, loaded.device, loaded.dtype
+        self.max_batch = max_batch
+        model = loaded.model
+        self.lm = BatchLM(model, loaded.allowed_token_ids, max_batch)
+        self.diffusion = DiffusionSampler(model, loaded.noise_scheduler())
+        self.codec = StreamingCodec(model)
+        self.latent_size = model.config.audio_config.hidden_size
+        allowed = loaded.allowed_token_ids
+        self._audio_column = allowed.index(loaded.audio_token_id)
+        self._inbox: queue.Queue[RequestState] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
-            enable_cuda_graphs(self)
+    @classmethod
+    def load(cls, settings: Settings, path: str | None = None) -> FastEngine:
+        loaded = LoadedModel.load(settings, path)
+        return cls(loaded, settings.max_batch or default_max_batch(loaded.device))
+
+    # --- the engine interface ------------------------------------------------------------------
+
+    def prepare_inputs(self, job: GenerationJob) -> dict:
+        return self.loaded.prepare_inputs(job)
+
+    @property
+    def voice_cache(self):
+        return self.loaded.voice_cache
 
     def stream(
         self, job: GenerationJob, on_progress: ProgressCallback | None = None, *, force_frames: bool = False
     ) -> FrameStream:
         """Audio chunks as they are produced. ``force_frames`` (benchmarks) forbids every token but the
         audio token, so each step is a frame and exactly ``job.max_frames`` frames come out."""
-        return FrameStream(self, job, on_progress, force_frames)
+        from .sampling import AllowedTokenSampler
+
+        sampler = None
+        if job.temperature is not None:
+            generator = torch.Generator().manual_seed(job.seed)
+            sampler = AllowedTokenSampler(self.loaded.allowed_token_ids, job.temperature, generator)
+        state = RequestState(job, force_frames, torch.Generator().manual_seed(job.seed), sampler)
+        self._ensure_thread()
+        self._inbox.put(state)
+        return FrameStream(state, on_progress)
 
     def generate(self, job: GenerationJob, on_progress: ProgressCallback | None = None) -> GenerationResult:
-        import torch
-
         started = time.perf_counter()
         stream = self.stream(job, on_progress)
         chunks = list(stream)
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
         return GenerationResult(
             audio=np.concatenate(chunks),
             frames=stream.frames,
             finish_reason=stream.finish_reason,
-            generation_seconds=seconds,
-            extra={"engine": "fast", "first_audio_seconds": stream.first_audio_seconds},
+            generation_seconds=time.perf_counter() - started,
+            extra={"first_audio_seconds": stream.first_audio_seconds, "tokens": stream.tokens},
         )
 
-    # --- the loop -------------------------------------------------------------------------------
+    # --- the scheduler -------------------------------------------------------------------------
 
-    def _prompt_embeds(self, prepared: dict):
-        """Prompt embeddings with the voice latents in the audio-token slots (draws the voice noise).
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="vv-batch", daemon=True)
+                self._thread.start()
 
-        The voices come from the shared voice-prompt cache, drawn exactly as stock draws them.
-        """
-        inputs = self.model_inputs(prepared)
-        if "inputs_embeds" in inputs:
-            return inputs["inputs_embeds"]
-        return self.decoder.embed(inputs["input_ids"])
+    def _run(self) -> None:
+        active: list[RequestState] = []
+        while True:
+            if not active:
+                self._admit(self._inbox.get(), active)
+            while len(active) < self.max_batch:
+                try:
+                    self._admit(self._inbox.get_nowait(), active)
+                except queue.Empty:
+                    break
+            if not active:
+                continue
+            try:
+                with torch.inference_mode():
+                    self._step(active)
+            except BaseException as error:  # the batch's shared work failed: every member gets the error
+                log.error("batched step failed for %d request(s)", len(active), exc_info=error)
+                for state in active:
+                    state.outbox.put(("error", error))
+                active.clear()
+            self._leave(active)
 
-    def _ops(self):
-        if self.cuda_graphs is not None:
-            return self.cuda_graphs
-        return EagerOps(self)
-
-    def _choose(self, scores, sampler, forbidden) -> int:
-        import torch
-
-        if forbidden is not None:
-            scores = scores.masked_fill(forbidden, float("-inf"))
-        column = sampler.pick(scores) if sampler is not None else torch.argmax(scores, dim=-1)
-        return self.decoder.allowed_ids[int(column.reshape(-1)[0])]
-
-    def _frames(self, job: GenerationJob, on_progress, force: bool, out: FrameStream):
-        import torch
-
-        from .sampling import AllowedTokenSampler
-
-        started = time.perf_counter()
-        decoder = self.decoder
-        device = self.model.device
-        inputs = self.prepare_inputs(job)
-        torch.manual_seed(job.seed)  # same draws as the reference engine
-        sampler = None
-        if job.temperature is not None:
-            generator = torch.Generator(device="cpu").manual_seed(job.seed)
-            sampler = AllowedTokenSampler(self.allowed_token_ids, job.temperature, generator)
-        forbidden = None
-        if force:
-            forbidden = torch.tensor([tid != self.audio_token_id for tid in decoder.allowed_ids], device=device)
-
-        with torch.inference_mode():
-            embeds = self._prompt_embeds(inputs)
-            prompt = embeds.shape[1]
-            ops = self._ops()
-            capacity = ops.start(prompt + job.max_frames)
-            self.diffusion.prepare(job.diffusion_steps, embeds.dtype, device)
-            slots = torch.arange(prompt, device=device)
-            positive = decoder.forward(embeds, slice(0, 1), slots, slots[None], None, prompt)[:, -1]
-            # Stock's negative branch starts from audio_bos alone; ours sits in row 1 at the last prompt slot.
-            mask = torch.zeros(2, capacity, dtype=torch.bool, device=device)
-            mask[0, :prompt] = True
-            first = mask[1:2, :prompt].clone()
-            first[0, -1] = True
-            bos = torch.full((1, 1), self.audio_bos_token_id, device=device)
-            negative = decoder.forward(
-                decoder.embed(bos), slice(1, 2), slots[-1:], torch.zeros(1, 1, dtype=torch.long, device=device),
-                first[:, None, None, :], prompt,
-            )[:, -1]  # fmt: skip
-
-        latent_size = self.model.config.audio_config.hidden_size
-        negative_length = 0  # tokens in the negative branch's stock cache: its next rotary position
-        for step in range(job.max_frames):
-            slot = prompt - 1 + step
-            audio = None
+    def _admit(self, state: RequestState, active: list[RequestState]) -> None:
+        """Prefill a newcomer into the next free pair; a failure fails only this request."""
+        if state.cancelled:
+            return
+        loaded, lm = self.loaded, self.lm
+        try:
             with torch.inference_mode():
-                token = self._choose(decoder.logits(positive), sampler, forbidden)
-                out.tokens.append(token)
-                if token == self.audio_bos_token_id:
-                    mask[1].zero_()  # stock resets the negative branch to the new audio_bos alone
-                if token == self.audio_token_id:
-                    mask[1, slot] = True  # commit the speculative negative step
-                    negative_length += 1
-                    noise = torch.randn(2, latent_size)  # the stock draw: CPU generator, then the device
-                    audio = ops.audio(positive, negative, noise, job.cfg_scale, job.diffusion_steps)
-                last = token in self.stop_token_ids or step == job.max_frames - 1
-                if not last:
-                    if audio is not None:
-                        embed = ops.feedback()
-                    else:
-                        embed = decoder.embed(torch.full((1, 1), token, device=device))
-                    mask[0, slot + 1] = True
-                    positive, negative = ops.advance(embed, slot + 1, negative_length, mask)
-                # read back after the next step is queued: on CUDA, the frame's one wait for the device
-                chunk = None if audio is None else audio.float().reshape(-1).cpu().numpy()
-            if chunk is not None:
-                out.frames += 1
-                if out.first_audio_seconds is None:
-                    out.first_audio_seconds = time.perf_counter() - started
-                if on_progress is not None:
-                    on_progress(out.frames, job.max_frames)
-                yield chunk
-            if last:
-                break
-            if job.should_stop is not None:  # after the step, like stock's stopping criteria
-                reason = job.should_stop()
-                if reason is not None:
-                    raise JobStopped(reason)
-        hit_cap = len(out.tokens) >= job.max_frames and out.tokens[-1] != self.eos_token_id
-        out.finish_reason = "frame_cap" if hit_cap else "end_of_speech"
-        if out.frames == 0:
-            raise EngineError("the model ended the speech before producing any audio; try another seed")
+                prepared = loaded.prepare_inputs(state.job)
+                embeds = loaded.input_embeds(prepared, state.noise)
+                pair = len(active)
+                prompt = embeds.shape[1]
+                lm.kv.ensure(prompt + state.job.max_frames + 1)
+                state.positive_hidden = lm.prefill(embeds, 2 * pair)
+                bos = lm.embed(torch.tensor([[loaded.audio_bos_token_id]], device=embeds.device))
+                state.negative_hidden = lm.prefill(bos, 2 * pair + 1)  # the negative branch's first step
+        except BaseException as error:
+            state.outbox.put(("error", error))
+            return
+        state.pair, state.positive_length, state.negative_length = pair, prompt, 0
+        active.append(state)
+
+    def _choose(self, active: list[RequestState]) -> list[int]:
+        """Each request's next token: argmax over the allowed tokens, or its own temperature draw."""
+        scores = self.lm.logits(torch.cat([state.positive_hidden for state in active]))
+        forced = [i for i, state in enumerate(active) if state.force_frames]
+        if forced:
+            keep = scores[forced, self._audio_column]
+            scores[forced] = float("-inf")
+            scores[forced, self._audio_column] = keep
+        columns = scores.argmax(dim=-1).tolist()
+        for i, state in enumerate(active):
+            if state.sampler is not None:
+                columns[i] = int(state.sampler.pick(scores[i : i + 1]).reshape(-1)[0])
+        allowed = self.loaded.allowed_token_ids
+        return [allowed[column] for column in columns]
+
+    def _step(self, active: list[RequestState]) -> None:
+        loaded, lm = self.loaded, self.lm
+        device = active[0].positive_hidden.device
+        framing: list[RequestState] = []
+        for state, token in zip(active, self._choose(active), strict=True):
+            state.tokens.append(token)
+            if token in loaded.stop_token_ids:
+                self._finish(state, "end_of_speech")
+                continue
+            if token == loaded.audio_eos_token_id:
+                state.acoustic_cache = state.semantic_cache = None
+            if token == loaded.audio_bos_token_id:
+                state.negative_length = min(state.negative_length, 1)  # back to its first entry
+            if token == loaded.audio_token_id:
+                state.negative_length += 1  # the speculative negative step counts
+                framing.append(state)
+            else:
+                state.next_input = lm.embed(torch.tensor([[token]], device=device))
+        if framing:
+            self._frames(framing)
+        for state in active:
+            if state.finish_reason is not None:
+                continue
+            if len(state.tokens) >= state.job.max_frames:
+                self._finish(state, "frame_cap")
+            elif state.cancelled:
+                state.finish_reason = "end_of_speech"
+            else:
+                self._check_stop(state)
+        stepping = [state for state in active if state.finish_reason is None]
+        if not stepping:
+            return
+        self._compact(active)
+        embeds = torch.cat([torch.cat([state.next_input, state.next_input]) for state in stepping])
+        lengths = [length for state in stepping for length in (state.positive_length, state.negative_length)]
+        hidden = lm.step(embeds, torch.tensor(lengths, device=device))
+        for i, state in enumerate(stepping):
+            state.positive_hidden, state.negative_hidden = hidden[2 * i : 2 * i + 1], hidden[2 * i + 1 : 2 * i + 2]
+            state.positive_length += 1
+
+    def _frames(self, framing: list[RequestState]) -> None:
+        """Diffusion, decode and encode for every request whose token was the audio token."""
+        dtype = framing[0].positive_hidden.dtype
+        device = framing[0].positive_hidden.device
+        noise = [torch.randn(2, self.latent_size, generator=state.noise)[:1] for state in framing]
+        latents: list[torch.Tensor | None] = [None] * len(framing)
+        for steps in sorted({state.job.diffusion_steps for state in framing}):
+            rows = [i for i, state in enumerate(framing) if state.job.diffusion_steps == steps]
+            cfg = torch.tensor([[framing[i].job.cfg_scale] for i in rows], dtype=torch.float32, device=device)
+            sampled = self.diffusion.sample(
+                torch.cat([framing[i].positive_hidden for i in rows]),
+                torch.cat([framing[i].negative_hidden for i in rows]),
+                torch.cat([noise[i] for i in rows]).to(device, dtype),
+                cfg,
+                steps,
+            )
+            for row, latent in zip(rows, sampled, strict=True):
+                latents[row] = latent
+        batch = torch.stack(latents).unsqueeze(1)  # (n, 1, latent)
+        audio, acoustic = self.codec.decode(batch, [state.acoustic_cache for state in framing])
+        semantic, semantic_caches = self.codec.encode(audio, [state.semantic_cache for state in framing])
+        feedback = self.codec.feedback(batch, semantic)
+        samples = audio.float().reshape(len(framing), -1).cpu().numpy()  # the step's one audio read-back
+        now = time.perf_counter()
+        for i, state in enumerate(framing):
+            state.acoustic_cache, state.semantic_cache = acoustic[i], semantic_caches[i]
+            state.next_input = feedback[i : i + 1]
+            state.frames += 1
+            if state.first_audio_seconds is None:
+                state.first_audio_seconds = now - state.submitted
+            state.outbox.put(("audio", samples[i].copy()))
+
+    def _check_stop(self, state: RequestState) -> None:
+        try:
+            reason = state.job.should_stop() if state.job.should_stop is not None else None
+            if reason is not None:
+                raise JobStopped(reason)
+        except BaseException as error:  # this request only
+            state.finish_reason = "end_of_speech"
+            state.outbox.put(("error", error))
+
+    def _finish(self, state: RequestState, reason: FinishReason) -> None:
+        state.finish_reason = reason
+        if state.frames == 0:
+            state.outbox.put(
+                ("error", EngineError("the model ended the speech before producing any audio; try another seed"))
+            )
+        else:
+            state.outbox.put(("done", None))
+
+    def _compact(self, active: list[RequestState]) -> None:
+        """Drop finished requests, moving the last pairs into the freed ones so active pairs stay a prefix."""
+        kept = [state for state in active if state.finish_reason is None]
+        for index, state in enumerate(kept):
+            if state.pair != index:
+                length = max(state.positive_length, state.negative_length) + 1
+                self.lm.kv.move_pair(state.pair, index, length)
+                state.pair = index
+        active[:] = kept
+
+    def _leave(self, active: list[RequestState]) -> None:
+        if any(state.finish_reason is not None for state in active):
+            self._compact(active)
 
 
-class EagerOps:
-    """The per-frame work after the token choice, run op by op (CPU, or CUDA without graphs)."""
-
-    def __init__(self, engine: FastEngine):
-        self.engine = engine
-        self.inner = engine.model.model
-        self.decoder = engine.decoder
-        self.acoustic_cache = self.semantic_cache = None
-        self.latent = self.audio_out = None
-
-    def start(self, needed: int) -> int:
-        """Fresh streaming state and a KV cache of at least ``needed`` slots; returns its capacity."""
-        self.acoustic_cache = self.semantic_cache = None
-        self.decoder.allocate(needed)
-        return self.decoder.capacity
-
-    def audio(self, positive, negative, noise, cfg_scale: float, steps: int):
-        """Diffusion + streaming acoustic decode of one frame: audio (1, 1, 3200) on the device."""
-        inner = self.inner
-        noise = noise.to(positive)
-        self.latent = self.engine.diffusion.sample(positive, negative, noise, cfg_scale, steps).unsqueeze(1)
-        scaled = self.latent / inner.latent_scaling_factor - inner.latent_bias_factor
-        decoded = inner.audio_tower.decode(scaled, padding_cache=self.acoustic_cache, use_cache=True)
-        self.acoustic_cache = decoded.padding_cache
-        self.audio_out = decoded.audio
-        return self.audio_out
-
-    def feedback(self):
-        """Next LM input after an audio frame: acoustic + semantic embeddings of what was just made."""
-        inner = self.inner
-        semantic = inner.semantic_tokenizer_encoder(self.audio_out, padding_cache=self.semantic_cache, use_cache=True)
-        self.semantic_cache = semantic.padding_cache
-        return inner.multi_modal_projector(self.latent) + inner.semantic_connector(semantic.latents)
-
-    def advance(self, embed, slot: int, negative_length: int, mask):
-        """Both rows through the LM at ``slot``: (positive hidden (1, H), negative hidden (1, H))."""
-        import torch
-
-        attend = mask[:, : slot + 1].clone()
-        attend[1, slot] = True  # row 1 always attends its own (speculative) token
-        positions = torch.tensor([[slot], [negative_length]], device=mask.device)
-        pair = embed.reshape(1, 1, -1).expand(2, 1, -1)
-        hidden = self.decoder.forward(pair, slice(0, 2), positions[0], positions, attend[:, None, None, :], slot + 1)
-        return hidden[:1, -1], hidden[1:, -1]
+def default_max_batch(device: str) -> int:
+    """Requests stepped together by default: 8 on a GPU (the 7B is memory-bound well past it), 4 on a CPU."""
+    return 8 if device.startswith("cuda") else 4

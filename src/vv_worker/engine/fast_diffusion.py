@@ -174,21 +174,29 @@ class DiffusionSampler:
         return self.plans[num_steps]
 
     def sample(
-        self, positive: torch.Tensor, negative: torch.Tensor, noise: torch.Tensor, cfg_scale: float, num_steps: int
+        self,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        noise: torch.Tensor,
+        cfg_scale: torch.Tensor,
+        num_steps: int,
     ) -> torch.Tensor:
-        """Latent (1, latent) for conditions (1, hidden) each and ``noise`` (2, latent) in the model dtype.
+        """Latents (n, latent) for n requests: conditions (n, hidden) each, ``noise`` (n, latent) in the
+        model dtype (row 0 of each request's ``randn(2, latent)`` draw), ``cfg_scale`` (n, 1) float32.
 
-        Only noise row 0 matters: the stock loop feeds row 0 to both CFG halves and returns row 0, and
-        every solver operation is elementwise, so row 1 never influences it.
+        Row 0 of the draw is all that matters: the stock loop feeds it to both CFG halves and returns
+        it, and every solver operation is elementwise, so row 1 never influences it. Each request's
+        rows are independent of the others' (row-wise ops only).
         """
         head = self.head
+        count = positive.shape[0]
         plan = self.prepare(num_steps, positive.dtype, positive.device)
-        condition = head.cond_proj(torch.cat([positive, negative], dim=0))
-        conditions = condition.unsqueeze(0) + self.timestep_embeds[num_steps]  # (steps, 2, hidden)
+        condition = head.cond_proj(torch.cat([positive, negative], dim=0))  # (2n, hidden): cond rows, then uncond
+        conditions = condition.unsqueeze(0) + self.timestep_embeds[num_steps][:, :1]  # (steps, 2n, hidden)
         layer_mods = [layer.linear(layer.act_fn(conditions)).chunk(layer.num_chunks, dim=-1) for layer in head.layers]
         final = head.final_layer
         final_mods = final.linear_1(final.act_fn(conditions)).chunk(final.num_chunks, dim=-1)
-        latent = noise[:1]
+        latent = noise
         previous = None
         for index in range(len(plan.steps)):
             hidden = head.noisy_images_proj(torch.cat([latent, latent], dim=0))
@@ -198,7 +206,7 @@ class DiffusionSampler:
             shift, scale = final_mods[0][index], final_mods[1][index]
             normed = F.rms_norm(hidden, (hidden.shape[-1],), eps=final.rms_norm_eps)
             output = final.linear_2(normed * (1 + scale) + shift)
-            cond_out, uncond_out = output[:1], output[1:]
-            guided = uncond_out + cfg_scale * (cond_out - uncond_out)
+            cond_out, uncond_out = output[:count], output[count:]
+            guided = (uncond_out + cfg_scale * (cond_out - uncond_out)).to(output.dtype)
             latent, previous = solver_update(plan, index, latent, guided, previous)
         return latent

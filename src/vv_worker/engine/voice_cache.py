@@ -4,8 +4,9 @@ Stock VibeVoice encodes each reference voice inside ``generate`` on every call: 
 encoder -> sample sigma-VAE noise -> scale -> projector -> prompt embeddings. The encoder is the
 costly, deterministic part, so its output is cached here, keyed by the voice samples' sha256.
 The noise is drawn per request with exactly the calls stock makes (``randn(batch)`` then
-``randn_like`` over the padded batch, right after seeding), so a single voice gives the same
-result as stock ``generate`` bit for bit. Voices are encoded one at a time, without the padding
+``randn_like`` over the padded batch, right after seeding), from the request's own CPU generator
+or torch's global one, so a single voice gives the same result as stock ``generate`` bit for bit
+on the CPU. Voices are encoded one at a time, without the padding
 stock adds to bring a batch of voices to the longest one, so a voice's prompt no longer depends
 on the other voices' lengths.
 """
@@ -52,11 +53,14 @@ class VoicePromptCache:
             self._latents.popitem(last=False)
         return latents
 
-    def prompt_embeddings(self, voices: list[tuple[str, torch.Tensor, int]]) -> torch.Tensor:
+    def prompt_embeddings(
+        self, voices: list[tuple[str, torch.Tensor, int]], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Embeddings for every audio placeholder of the prompt, drawing the sigma-VAE noise as stock does.
 
         ``voices``: (key, processed waveform (1, 1, padded samples), valid samples) per voice, in prompt order.
-        Call right after seeding; the draws must come first, as they do inside stock ``generate``.
+        ``generator``: a CPU generator fresh from seeding (None: torch's global one, right after
+        ``manual_seed``); these draws come first, as they do inside stock ``generate``.
         """
         hop = self.hop_length
         frames = [int(np.ceil(valid / hop)) for _, _, valid in voices]
@@ -68,15 +72,21 @@ class VoicePromptCache:
         first = means[0]
         # randn_like fills in memory order: the batch must have the encoder output's layout (a
         # channels-first buffer seen as (batch, frames, latent)) for the draws to land where stock's do
-        if first.shape[1] > 1 and first.stride(1) == 1:
+        channels_first = first.shape[1] > 1 and first.stride(1) == 1
+        if channels_first:
             padded = first.new_zeros(len(means), first.shape[-1], total).transpose(1, 2)
         else:
             padded = first.new_zeros(len(means), total, first.shape[-1])
         for row, mean in enumerate(means):
             padded[row, : mean.shape[1]] = mean[0]
         tower = self.model.model.audio_tower
-        noise_std = tower.config.vae_std * torch.randn(len(means), device=padded.device, dtype=padded.dtype)
-        sampled = padded + noise_std[:, None, None] * torch.randn_like(padded)
+        if generator is None:
+            noise_std = torch.randn(len(means), device=padded.device, dtype=padded.dtype)
+            noise = torch.randn_like(padded)
+        else:  # the same fills on the CPU (randn_like is empty_like + normal_), then to the device
+            noise_std = torch.randn(len(means), generator=generator, dtype=padded.dtype).to(padded.device)
+            noise = torch.empty_like(padded, device="cpu").normal_(generator=generator).to(padded.device)
+        sampled = padded + (tower.config.vae_std * noise_std)[:, None, None] * noise
         base = self.model.model
         scaled = (sampled + base.latent_bias_factor.to(sampled.device)) * base.latent_scaling_factor.to(sampled.device)
         projected = base.multi_modal_projector(scaled)
