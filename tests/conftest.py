@@ -127,9 +127,7 @@ def reference_engine(service):
     """transformers' own generate around the service's model and processor (no second load)."""
     from vv_worker.engine.reference import ReferenceEngine
 
-    engine = service.engine
-    runtime = type("Runtime", (), {"device": engine.device, "dtype": engine.dtype})()
-    return ReferenceEngine(engine.model, engine.processor, runtime, engine.model_id)
+    return ReferenceEngine(service.engine.loaded)
 
 
 @contextlib.contextmanager

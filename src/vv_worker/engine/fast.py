@@ -122,6 +122,7 @@ class FastEngine:
         self.latent_size = model.config.audio_config.hidden_size
         allowed = loaded.allowed_token_ids
         self._audio_column = allowed.index(loaded.audio_token_id)
+        self.peak_batch = 0  # most requests ever stepped together (metrics and tests)
         self._inbox: queue.Queue[RequestState] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -188,6 +189,7 @@ class FastEngine:
                     break
             if not active:
                 continue
+            self.peak_batch = max(self.peak_batch, len(active))
             try:
                 with torch.inference_mode():
                     self._step(active)
