@@ -44,6 +44,7 @@ class RequestState:
     force_frames: bool
     noise: torch.Generator  # voice noise, then one randn(2, latent) per frame
     sampler: object | None  # AllowedTokenSampler with its own generator, when job.temperature is set
+    frame_noise: torch.Tensor | None = None  # (max_frames, latent) on the device: row 0 of each frame's draw
     outbox: queue.Queue = field(default_factory=queue.Queue)  # ("audio", chunk) | ("done", None) | ("error", exc)
     pair: int = -1  # its two KV rows: 2 * pair (positive) and 2 * pair + 1 (negative)
     positive_length: int = 0  # filled slots of the positive row: its next slot and rotary position
@@ -123,6 +124,7 @@ class FastEngine:
         allowed = loaded.allowed_token_ids
         self._audio_column = allowed.index(loaded.audio_token_id)
         self.peak_batch = 0  # most requests ever stepped together (metrics and tests)
+        self._one_fill_is_many = _one_fill_is_many(self.latent_size)
         self._inbox: queue.Queue[RequestState] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -209,6 +211,7 @@ class FastEngine:
             with torch.inference_mode():
                 prepared = loaded.prepare_inputs(state.job)
                 embeds = loaded.input_embeds(prepared, state.noise)
+                state.frame_noise = self._draw_frame_noise(state, embeds)
                 pair = len(active)
                 prompt = embeds.shape[1]
                 lm.kv.ensure(prompt + state.job.max_frames + 1)
@@ -271,16 +274,15 @@ class FastEngine:
         self._compact(active)
         embeds = torch.cat([torch.cat([state.next_input, state.next_input]) for state in stepping])
         lengths = [length for state in stepping for length in (state.positive_length, state.negative_length)]
-        hidden = lm.step(embeds, torch.tensor(lengths, device=device))
+        hidden = lm.step(embeds, lengths)
         for i, state in enumerate(stepping):
             state.positive_hidden, state.negative_hidden = hidden[2 * i : 2 * i + 1], hidden[2 * i + 1 : 2 * i + 2]
             state.positive_length += 1
 
     def _frames(self, framing: list[RequestState]) -> None:
         """Diffusion, decode and encode for every request whose token was the audio token."""
-        dtype = framing[0].positive_hidden.dtype
         device = framing[0].positive_hidden.device
-        noise = [torch.randn(2, self.latent_size, generator=state.noise)[:1] for state in framing]
+        noise = [state.frame_noise[state.frames : state.frames + 1] for state in framing]
         latents: list[torch.Tensor | None] = [None] * len(framing)
         for steps in sorted({state.job.diffusion_steps for state in framing}):
             rows = [i for i, state in enumerate(framing) if state.job.diffusion_steps == steps]
@@ -288,7 +290,7 @@ class FastEngine:
             sampled = self.diffusion.sample(
                 torch.cat([framing[i].positive_hidden for i in rows]),
                 torch.cat([framing[i].negative_hidden for i in rows]),
-                torch.cat([noise[i] for i in rows]).to(device, dtype),
+                torch.cat([noise[i] for i in rows]),
                 cfg,
                 steps,
             )
@@ -307,6 +309,19 @@ class FastEngine:
             if state.first_audio_seconds is None:
                 state.first_audio_seconds = now - state.submitted
             state.outbox.put(("audio", samples[i].copy()))
+
+    def _draw_frame_noise(self, state: RequestState, like: torch.Tensor) -> torch.Tensor:
+        """Every frame's diffusion noise at once, moved to the device once (no copy per frame).
+
+        One ``randn(frames, 2, latent)`` fill equals ``frames`` successive ``randn(2, latent)`` fills
+        (checked at start: ``_one_fill_is_many``); where it would not, the draws are made one by one.
+        """
+        frames, latent = state.job.max_frames, self.latent_size
+        if self._one_fill_is_many:
+            drawn = torch.randn(frames, 2, latent, generator=state.noise)
+        else:
+            drawn = torch.stack([torch.randn(2, latent, generator=state.noise) for _ in range(frames)])
+        return drawn[:, 0].to(like.device, like.dtype)
 
     def _check_stop(self, state: RequestState) -> None:
         try:
@@ -339,6 +354,14 @@ class FastEngine:
     def _leave(self, active: list[RequestState]) -> None:
         if any(state.finish_reason is not None for state in active):
             self._compact(active)
+
+
+def _one_fill_is_many(latent: int) -> bool:
+    """Whether torch's CPU generator gives the same numbers for one big normal fill as for several
+    small ones of ``(2, latent)`` (it does when the small fill is a multiple of its 16-number block)."""
+    whole = torch.randn(3, 2, latent, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    return torch.equal(whole, torch.stack([torch.randn(2, latent, generator=generator) for _ in range(3)]))
 
 
 def default_max_batch(device: str) -> int:

@@ -90,19 +90,22 @@ class BatchLM:
         positions = torch.arange(length, device=embeds.device)[None]
         return self._forward(embeds, positions, row, None)[:, -1]
 
-    def step(self, embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def step(self, embeds: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """One token per active row: ``embeds`` (rows, 1, hidden), row r written at slot ``lengths[r]`` (also
-        its rotary position) and attending slots ``[0, lengths[r]]``. Returns hidden states (rows, hidden)."""
-        return self._forward(embeds, lengths[:, None], None, lengths)[:, -1]
+        its rotary position) and attending slots ``[0, lengths[r]]``. Returns hidden states (rows, hidden).
 
-    def _forward(self, embeds, positions, row: int | None, lengths: torch.Tensor | None) -> torch.Tensor:
+        Attention reads only the slots up to the longest row's, never the whole capacity."""
+        span = max(lengths) + 1
+        lengths = torch.tensor(lengths, device=embeds.device)
+        return self._forward(embeds, lengths[:, None], None, lengths, span)[:, -1]
+
+    def _forward(self, embeds, positions, row: int | None, lengths: torch.Tensor | None, span: int = 0):
         hidden = embeds
         rows, seq = embeds.shape[:2]
         cos, sin = self.lm.rotary_emb(hidden, positions)
         if lengths is None:
             span, mask, index = seq, None, None
         else:
-            span = int(lengths.max()) + 1
             mask = (torch.arange(span, device=lengths.device)[None, :] <= lengths[:, None])[:, None, None, :]
             index = torch.arange(rows, device=lengths.device)
         for number, layer in enumerate(self.layers):
