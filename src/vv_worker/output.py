@@ -121,6 +121,8 @@ def describe_voice(voice: ResolvedVoice) -> str:
 def reference_used(plan: Plan) -> str:
     """The original API's ``reference_used``: a sentence saying which reference each speaker was given."""
     if not plan.script.is_dialogue:
+        if plan.voices[0].used is None:
+            return "No reference voice was used: the speech was generated without a voice prompt."
         return f"Used {describe_voice(plan.voices[0])}."
     parts = [f"Speaker {n}: {describe_voice(plan.voices[i])}" for i, n in enumerate(plan.script.speaker_numbers)]
     return "Used " + "; ".join(parts) + "."
