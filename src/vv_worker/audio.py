@@ -112,16 +112,20 @@ def read_audio(
                 f"{field}: the file is truncated: its header declares {missing:,} more bytes of audio than it holds"
             )
         blocks, total = [], 0
-        try:
-            for block in handle.blocks(blocksize=DECODE_BLOCK, dtype="float32", always_2d=True):
-                total += block.shape[0]
-                if total > cap:
-                    raise AudioError(f"{field}: decodes to more than {cap / rate:g} s of audio; {limit}")
-                blocks.append(block.mean(axis=1))
-                if check_stop is not None:
-                    check_stop()
-        except (sf.LibsndfileError, RuntimeError):
-            raise AudioError(f"{field}: the audio data is corrupt or truncated") from None
+        reader = handle.blocks(blocksize=DECODE_BLOCK, dtype="float32", always_2d=True)
+        while True:
+            try:
+                block = next(reader, None)
+            except (sf.LibsndfileError, RuntimeError):
+                raise AudioError(f"{field}: the audio data is corrupt or truncated") from None
+            if block is None:
+                break
+            total += block.shape[0]
+            if total > cap:
+                raise AudioError(f"{field}: decodes to more than {cap / rate:g} s of audio; {limit}")
+            blocks.append(block.mean(axis=1))
+            if check_stop is not None:
+                check_stop()
     if total == 0:
         raise AudioError(f"{field}: the file holds no samples")
     mono = np.concatenate(blocks).astype(np.float32, copy=False)
