@@ -83,6 +83,14 @@ BUILDERS = {
         "text": "Speaker 1: a\nSpeaker 2: b",
         "speakers": {"2": {"reference_audio": _b64(b"definitely not audio " * 20)}},
     },
+    "ref_truncated_wav": lambda: _reference(_good_wav()[: len(_good_wav()) * 2 // 3]),
+    "ref_aiff": lambda: _reference(_encode(speechlike(1.5), 24000, "AIFF", "PCM_16")),
+    "ref_au": lambda: _reference(_encode(speechlike(1.5), 24000, "AU", "PCM_16")),
+    "ref_caf": lambda: _reference(_encode(speechlike(1.5), 24000, "CAF", "PCM_16")),
+    "ref_w64": lambda: _reference(_encode(speechlike(1.5), 24000, "W64", "PCM_16")),
+    "ref_wav_ulaw": lambda: _reference(_encode(speechlike(1.5), 24000, "WAV", "ULAW")),
+    "unknown_keys_100000": lambda: {"text": "Hi.", **{f"key{i}": i for i in range(100_000)}},
+    "text_5000_emoji": lambda: {"text": "\U0001f600" * 5000},
     "speaker_ref_silent_data_uri": lambda: {
         "text": "Speaker 1: a\nSpeaker 2: b",
         "speakers": {"1": {"reference_audio": "data:audio/wav;base64," + _b64(_encode(np.zeros(24000), 24000))}},
@@ -304,6 +312,16 @@ def test_worker_still_serves_after_the_corpus(worker):
     assert body["status"] == "COMPLETED" and [v["name"] for v in body["output"]["voices"]] == ["ann", "bob"]
 
 
+def test_an_error_about_100000_unknown_fields_is_bounded(worker):
+    """1.2 MB of unknown keys once gave a 22 MB error: ten problems are listed, the rest counted."""
+    status, body = worker.runsync(BUILDERS["unknown_keys_100000"]())
+    error = error_text(status, body)
+    assert body["status"] == "FAILED" and len(error) < 4000, len(error)
+    assert error.count("unknown field") == 10 and error.endswith("; and 99,990 more problems not shown")
+    long_key = {"text": "Hi.", "k" * 100_000: 1}
+    assert len(error_text(*worker.runsync(long_key))) < 1000  # a field name is quoted in at most 60 characters
+
+
 def test_special_tokens_in_text_are_plain_text(worker):
     text = "<|vision_start|><|vision_pad|><|vision_end|> Hi <|endoftext|><|im_start|>user <|im_end|>"
     out = assert_good_request_succeeds(worker, {"text": text, "seed": 3}, frames=4 + -(-len(text) // 4))
@@ -509,3 +527,26 @@ def test_a_trickling_url_is_cut_off_at_the_url_timeout(monkeypatch):
         server.shutdown()
         server.server_close()
     assert elapsed < 2.5, f"the fetch took {elapsed:.1f} s with a 1 s URL timeout"
+
+
+def test_reference_decoding_counts_against_the_job_time_limit(service, monkeypatch):
+    """Four 8-channel Opus references took seconds to decode after a job's time limit had passed."""
+    from vv_worker.handler import handle_job
+
+    voice = np.repeat(speechlike(20, 48000)[:, None], 8, axis=1)
+    reference = {"reference_audio": _b64(_encode(voice, 48000, "OGG", "OPUS"))}
+    script = "\n".join(f"Speaker {n}: line {n}." for n in range(4))
+    payload = {"text": script, "speakers": {str(n): reference for n in range(4)}}
+    started = time.monotonic()
+    decode_all = handle_job(
+        {"id": "t", "input": {**payload, "text": "Speaker 0: x", "speakers": {"0": reference}}}, service
+    )
+    one_decode = time.monotonic() - started
+    assert "audio_b64" in decode_all, decode_all  # a valid reference: only the time limit stops the job below
+    monkeypatch.setattr(service.settings, "job_timeout", 0.2)
+    started = time.monotonic()
+    out = handle_job({"id": "t", "input": payload}, service)
+    elapsed = time.monotonic() - started
+    assert out == {"error": "the job ran longer than its time limit of 0.2 s (VV_JOB_TIMEOUT) and was stopped"}
+    # four decodes would take four times one job's decode; the limit stops the first within a block or two
+    assert elapsed < 0.2 + one_decode / 2, (elapsed, one_decode)

@@ -12,7 +12,6 @@ from vv_worker.config import load_settings
 from vv_worker.fitness import (
     FitnessError,
     check_gpu,
-    check_model_files,
     check_model_loadable,
     check_voices,
     gpu_required,
@@ -48,12 +47,6 @@ def test_model_loadable_passes_and_fails():
         check_model_loadable(lambda: (_ for _ in ()).throw(OSError("no such checkpoint")))
     with pytest.raises(FitnessError, match="returned nothing"):
         check_model_loadable(lambda: None)
-
-
-def test_model_files(tiny_model_dir, tmp_path):
-    check_model_files(tiny_model_dir)
-    with pytest.raises(FitnessError, match=r"config\.json is missing"):
-        check_model_files(tmp_path)
 
 
 # -------------------------------------------------------------------------- GPU
@@ -133,18 +126,17 @@ def test_voices_without_manifest_or_with_a_broken_one(tmp_path):
 # ----------------------------------------------------------------- registration
 
 
-def test_register_fitness_checks_order_and_behaviour(tmp_path, tiny_model_dir, monkeypatch):
+def test_register_fitness_checks_order_and_behaviour(tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     registered = []
     folder = _voices(tmp_path / "v", {"alice": b"a"})
     settings = load_settings(device="cpu", voices_dir=folder)
-    checks = register_fitness_checks(settings, lambda: "model", model_folder=tiny_model_dir, register=registered.append)
+    checks = register_fitness_checks(settings, lambda: "model", register=registered.append)
     assert registered == checks
     assert [c.__name__ for c in checks] == [
         "vv_gpu_visible",
-        "vv_model_files",
         "vv_voices_match_manifest",
         "vv_model_loadable",
     ]

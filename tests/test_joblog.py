@@ -135,3 +135,17 @@ def test_each_event_is_one_line_and_goes_through_logging(caplog):
         joblog.log_event("received", 3, note="multi\nline")
     (message,) = [r.getMessage() for r in caplog.records if r.name == joblog.LOGGER_NAME]
     assert "\n" not in message and json.loads(message) == {"event": "received", "job_id": "3", "note": "multi\nline"}
+
+
+def test_a_lone_surrogate_in_the_input_does_not_break_the_log_line():
+    """A UTF-8 stream cannot write a lone surrogate: the line used to be lost ('--- Logging error ---')."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+    handler = install_json_handler(stream)
+    try:
+        JobEvents.received({"id": "job-\udc80", "input": {"text": "hi \ud800", "voice": "al\ud800ice"}})
+    finally:
+        joblog.log.removeHandler(handler)
+        joblog.log.propagate = True
+    [line] = [json.loads(text) for text in raw.getvalue().decode("utf-8").splitlines()]
+    assert line["event"] == "received" and line["voice"] == "al\ufffdice" and line["job_id"] == "job-\ufffd"

@@ -178,7 +178,7 @@ def test_library_voice_end_to_end(service, library_dir):
     finally:
         service.voices = original
     assert named["voice_used"] == "carter"
-    assert default["voice_used"] == "alice"  # first available voice when VV_DEFAULT_VOICE is unset
+    assert default["voice_used"] == "maya"  # VV_DEFAULT_VOICE's default
     assert named["audio_b64"] != default["audio_b64"]
     empty = handle_job({"input": {"text": "No library.", "seed": 1}}, service)
     assert empty["voice_used"] is None and any("without a voice prompt" in w for w in empty["warnings"])

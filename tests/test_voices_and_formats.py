@@ -13,6 +13,7 @@ import torch
 from conftest import speechlike
 
 from vv_worker import audio
+from vv_worker.config import load_settings
 from vv_worker.engine import GenerationJob
 from vv_worker.handler import handle_job
 from vv_worker.prompt import build_conversation, parse_script
@@ -136,7 +137,7 @@ def test_list_voices_returns_the_library_with_metadata(with_library):
     out = run(with_library, action="list_voices")
     names = [voice["name"] for voice in out["voices"]]
     assert names == ["alice", "carter", "frank", "maya"]
-    assert out["default_voice"] == "alice"
+    assert out["default_voice"] == "maya"
     assert out["voices"][1] == {
         "name": "carter",
         "language": "en",
@@ -211,7 +212,7 @@ def test_two_speaker_script_end_to_end(with_library):
 def test_four_speakers_get_distinct_library_voices_deterministically(with_library):
     script = "\n".join(f"Speaker {n}: Line from speaker {n}." for n in (0, 1, 2, 3))
     first = run(with_library, text=script, seed=2)
-    assert first["speakers_used"] == {"0": "alice", "1": "carter", "2": "frank", "3": "maya"}
+    assert first["speakers_used"] == {"0": "maya", "1": "alice", "2": "carter", "3": "frank"}  # the default first
     mixed = run(
         with_library,
         text=script,
@@ -219,7 +220,7 @@ def test_four_speakers_get_distinct_library_voices_deterministically(with_librar
         voice="frank",
         speakers={"2": {"reference_audio": b64(encoded(speechlike(2.0), 24000, "WAV"))}},
     )
-    assert mixed["speakers_used"] == {"0": "frank", "1": "alice", "2": "reference_audio", "3": "carter"}
+    assert mixed["speakers_used"] == {"0": "frank", "1": "maya", "2": "reference_audio", "3": "alice"}
 
 
 def test_script_errors(service):
@@ -293,8 +294,8 @@ def test_trim_silence_shortens_padded_output():
 
 
 def test_oversize_output_without_a_bucket_says_the_size_the_limit_and_the_ways_out(service, monkeypatch):
-    for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("bucket_endpoint_url", "bucket_access_key_id", "bucket_secret_access_key"):
+        monkeypatch.setattr(service.settings, name, None)
     monkeypatch.setattr(service.settings, "max_inline_bytes", 2000)
     error = run(service, text="Too big to return inline.", seed=1)["error"]
     assert "over the inline limit of 2,000 bytes" in error and "bytes, over" in error
@@ -310,9 +311,12 @@ def test_oversize_output_is_uploaded_to_the_bucket(service, monkeypatch):
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        monkeypatch.setenv("BUCKET_ENDPOINT_URL", endpoint)
-        monkeypatch.setenv("BUCKET_ACCESS_KEY_ID", "test")
-        monkeypatch.setenv("BUCKET_SECRET_ACCESS_KEY", "test")
+        # read from BUCKET_* by Settings at start, as on RunPod
+        bucket = load_settings(
+            BUCKET_ENDPOINT_URL=endpoint, BUCKET_ACCESS_KEY_ID="test", BUCKET_SECRET_ACCESS_KEY="test"
+        )
+        for name in ("bucket_endpoint_url", "bucket_access_key_id", "bucket_secret_access_key"):
+            monkeypatch.setattr(service.settings, name, getattr(bucket, name))
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
         boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test").create_bucket(
             Bucket="vv-test"

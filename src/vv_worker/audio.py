@@ -6,26 +6,24 @@ import base64
 import binascii
 import io
 import re
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from . import limits
+from .limits import INPUT_FORMATS_TEXT, OUTPUT_FORMATS
+
 MODEL_SAMPLE_RATE = 24_000
-MAX_CHANNELS = 8
-RATE_RANGE = (8_000, 192_000)
 SILENCE_DBFS = -60.0  # a reference quieter than this (RMS) holds no usable voice
 TRIM_DBFS = -45.0  # leading/trailing audio below this, relative to the peak, is trimmed
 PEAK_CEILING = 10 ** (-1.0 / 20)  # -1 dBFS: limiter ceiling after loudness normalisation
+DECODE_BLOCK = 65536  # frames decoded between two checks of the caps and the job's time limit
 
-# Output formats: (soundfile format, subtype, MIME type, sample rates the codec accepts or None for any)
-OUTPUT_FORMATS: dict[str, tuple[str, str, str, tuple[int, ...] | None]] = {
-    "wav": ("WAV", "PCM_16", "audio/wav", None),
-    "flac": ("FLAC", "PCM_16", "audio/flac", None),
-    "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg", (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)),
-    "ogg": ("OGG", "OPUS", "audio/ogg", (8000, 12000, 16000, 24000, 48000)),
-}
+StopCheck = Callable[[], None]  # raises when the job must stop (its time limit); called between decode blocks
 
 
 class AudioError(ValueError):
@@ -38,8 +36,8 @@ class ReferenceLimits:
 
     min_seconds: float = 1.0
     max_seconds: float = 60.0
-    max_decode_seconds: float = 600.0  # decoding stops past this, before trimming
-    max_decode_samples: int = 30_000_000  # and past this many samples (120 MB as float32), whatever the rate
+    max_decode_seconds: float = limits.REFERENCE_DECODE_SECONDS
+    max_decode_samples: int = limits.REFERENCE_DECODE_SAMPLES
 
 
 _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -58,37 +56,76 @@ def decode_base64(data: str, field: str) -> bytes:
     return raw
 
 
+def wav_data_shortfall(raw: bytes) -> int:
+    """Bytes missing from a RIFF WAV's ``data`` chunk (0 when complete, or when its size is left unknown).
+
+    libsndfile quietly shortens a WAV to what the file holds, so a cut file is found here, from the header.
+    """
+    if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        return 0
+    offset = 12
+    while offset + 8 <= len(raw):
+        chunk, size = raw[offset : offset + 4], struct.unpack_from("<I", raw, offset + 4)[0]
+        if chunk == b"data":
+            if size in (0, 0xFFFFFFFF):  # streaming writers leave the size unknown
+                return 0
+            return max(0, size - (len(raw) - offset - 8))
+        offset += 8 + size + (size & 1)
+    return 0
+
+
 def read_audio(
-    raw: bytes, field: str, max_seconds: float = 600.0, max_samples: int = 30_000_000
+    raw: bytes,
+    field: str,
+    max_seconds: float = limits.REFERENCE_DECODE_SECONDS,
+    max_samples: int = limits.REFERENCE_DECODE_SAMPLES,
+    check_stop: StopCheck | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode a file held in memory to float32 mono.
 
-    The header is checked first (rate, channels, declared length), then the data is decoded in
+    The header is checked first (format, rate, channels, declared length), then the data is decoded in
     blocks with a running cap, because compressed formats can declare less than they expand to.
+    ``check_stop`` is called between blocks, so decoding counts against the job's time limit.
     """
     try:
         handle = sf.SoundFile(io.BytesIO(raw))
     except (sf.LibsndfileError, RuntimeError, TypeError):
-        raise AudioError(f"{field}: not a readable audio file (WAV, FLAC, OGG Vorbis/Opus or MP3 expected)") from None
+        raise AudioError(f"{field}: not a readable audio file (accepted: {INPUT_FORMATS_TEXT})") from None
     with handle:
+        accepted = limits.input_format(handle.format, handle.subtype)
+        if accepted is None:
+            raise AudioError(
+                f"{field}: {handle.format} audio ({handle.subtype}) is not accepted; accepted: {INPUT_FORMATS_TEXT}"
+            )
         rate, channels = handle.samplerate, handle.channels
-        if not RATE_RANGE[0] <= rate <= RATE_RANGE[1]:
-            raise AudioError(f"{field}: sample rate {rate} Hz is outside {RATE_RANGE[0]} to {RATE_RANGE[1]} Hz")
-        if not 1 <= channels <= MAX_CHANNELS:
-            raise AudioError(f"{field}: {channels} channels; at most {MAX_CHANNELS} are accepted")
+        low, high = limits.REFERENCE_FILE_RATE.low, limits.REFERENCE_FILE_RATE.high
+        if rate not in limits.REFERENCE_FILE_RATE:
+            raise AudioError(f"{field}: sample rate {rate} Hz is outside {low} to {high} Hz")
+        if not 1 <= channels <= limits.REFERENCE_FILE_CHANNELS:
+            raise AudioError(f"{field}: {channels} channels; at most {limits.REFERENCE_FILE_CHANNELS} are accepted")
         cap = min(int(max_seconds * rate), max_samples)
         limit = f"at most {cap / rate:g} s at {rate} Hz is decoded"
         if handle.frames > cap:
             raise AudioError(f"{field}: declares {handle.frames / rate:.1f} s of audio; {limit}")
+        if accepted.container in ("WAV", "WAVEX") and (missing := wav_data_shortfall(raw)):
+            raise AudioError(
+                f"{field}: the file is truncated: its header declares {missing:,} more bytes of audio than it holds"
+            )
         blocks, total = [], 0
-        try:
-            for block in handle.blocks(blocksize=65536, dtype="float32", always_2d=True):
-                total += block.shape[0]
-                if total > cap:
-                    raise AudioError(f"{field}: decodes to more than {cap / rate:g} s of audio; {limit}")
-                blocks.append(block.mean(axis=1))
-        except (sf.LibsndfileError, RuntimeError):
-            raise AudioError(f"{field}: the audio data is corrupt or truncated") from None
+        reader = handle.blocks(blocksize=DECODE_BLOCK, dtype="float32", always_2d=True)
+        while True:
+            try:
+                block = next(reader, None)
+            except (sf.LibsndfileError, RuntimeError):
+                raise AudioError(f"{field}: the audio data is corrupt or truncated") from None
+            if block is None:
+                break
+            total += block.shape[0]
+            if total > cap:
+                raise AudioError(f"{field}: decodes to more than {cap / rate:g} s of audio; {limit}")
+            blocks.append(block.mean(axis=1))
+            if check_stop is not None:
+                check_stop()
     if total == 0:
         raise AudioError(f"{field}: the file holds no samples")
     mono = np.concatenate(blocks).astype(np.float32, copy=False)
@@ -123,9 +160,11 @@ def trim_silence(samples: np.ndarray, rate: int, threshold_db: float = TRIM_DBFS
     return samples[start:end]
 
 
-def prepare_reference(raw: bytes, field: str, limits: ReferenceLimits) -> np.ndarray:
+def prepare_reference(
+    raw: bytes, field: str, bounds: ReferenceLimits, check_stop: StopCheck | None = None
+) -> np.ndarray:
     """A decoded, checked, trimmed reference voice as float32 mono at 24 kHz."""
-    samples, rate = read_audio(raw, field, limits.max_decode_seconds, limits.max_decode_samples)
+    samples, rate = read_audio(raw, field, bounds.max_decode_seconds, bounds.max_decode_samples, check_stop)
     peak = float(np.max(np.abs(samples)))
     if peak > 1.0:  # float formats may exceed full scale; the level is normalised later anyway
         samples = samples / np.float32(peak)
@@ -136,10 +175,10 @@ def prepare_reference(raw: bytes, field: str, limits: ReferenceLimits) -> np.nda
         )
     samples = trim_silence(samples, rate)
     seconds = samples.size / rate
-    if not limits.min_seconds <= seconds <= limits.max_seconds:
+    if not bounds.min_seconds <= seconds <= bounds.max_seconds:
         raise AudioError(
             f"{field}: {seconds:.2f} s of voice after trimming silence; "
-            f"allowed: {limits.min_seconds:g} to {limits.max_seconds:g} s"
+            f"allowed: {bounds.min_seconds:g} to {bounds.max_seconds:g} s"
         )
     return resample(samples, rate)
 
@@ -188,7 +227,7 @@ def limit_peaks(samples: np.ndarray, rate: int, ceiling: float = PEAK_CEILING, r
 
 
 def check_output_format(output_format: str, sample_rate: int) -> None:
-    rates = OUTPUT_FORMATS[output_format][3]
+    rates = OUTPUT_FORMATS[output_format].rates
     if rates is not None and sample_rate not in rates:
         allowed = ", ".join(str(r) for r in rates)
         raise AudioError(f"sample_rate: {output_format} supports {allowed} Hz, not {sample_rate}")
@@ -196,9 +235,9 @@ def check_output_format(output_format: str, sample_rate: int) -> None:
 
 def encode(samples: np.ndarray, rate: int, output_format: str = "wav") -> bytes:
     """Encode mono float samples; values beyond [-1, 1] are clipped."""
-    container, subtype, _, _ = OUTPUT_FORMATS[output_format]
+    entry = OUTPUT_FORMATS[output_format]
     buffer = io.BytesIO()
-    sf.write(buffer, np.clip(samples, -1.0, 1.0), rate, format=container, subtype=subtype)
+    sf.write(buffer, np.clip(samples, -1.0, 1.0), rate, format=entry.container, subtype=entry.subtype)
     return buffer.getvalue()
 
 
@@ -210,4 +249,4 @@ def encode_pcm16(samples: np.ndarray, rate: int = MODEL_SAMPLE_RATE) -> bytes:
 
 
 def mime_type(output_format: str) -> str:
-    return OUTPUT_FORMATS[output_format][2]
+    return OUTPUT_FORMATS[output_format].mime_type

@@ -1,7 +1,8 @@
-"""Worker settings from ``VV_*`` environment variables, validated once at start.
+"""Worker settings from environment variables, validated once at start: the only place the worker reads them.
 
-A bad setting raises :class:`ConfigError` with the variable's name, so the worker stops
-before it loads anything instead of failing on the first job.
+``VV_*`` variables are the worker's own; a few standard ones (RunPod's bucket settings, ``RUNPOD_ENDPOINT_ID``)
+are read here too, by their usual names. A bad setting raises :class:`ConfigError` with the variable's name,
+so the worker stops before it loads anything instead of failing on the first job.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from . import limits
 
 ENV_PREFIX = "VV_"
 DEFAULT_MODEL = "vibevoice/VibeVoice-7B-hf"
+DEFAULT_VOICE = "maya"
 
 
 class ConfigError(RuntimeError):
@@ -25,7 +29,9 @@ class ConfigError(RuntimeError):
 class Settings(BaseSettings):
     """Every knob of the worker. Field ``x`` is read from ``VV_X``."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, populate_by_name=True
+    )
 
     model: str = Field(DEFAULT_MODEL, min_length=1, description="Hub repo id or local folder of the checkpoint")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
@@ -41,10 +47,19 @@ class Settings(BaseSettings):
     )
     streaming: bool = Field(False, description="Make the RunPod handler a generator that can stream audio")
 
-    cfg_scale: float = Field(1.3, ge=1.0, le=10.0, allow_inf_nan=False, description="Default guidance scale")
-    diffusion_steps: int = Field(10, ge=1, le=50, description="Default diffusion steps per frame")
+    cfg_scale: limits.CFG_SCALE.annotated() = Field(1.3, description="Default guidance scale")
+    diffusion_steps: limits.DIFFUSION_STEPS.annotated() = Field(10, description="Default diffusion steps per frame")
 
-    max_text_chars: int = Field(5000, ge=1, le=200_000, description="Longest accepted text, in characters")
+    max_text_chars: int = Field(
+        limits.DEFAULT_MAX_TEXT_CHARS, ge=1, le=200_000, description="Longest accepted text, in characters"
+    )
+    max_text_tokens: int = Field(
+        limits.DEFAULT_MAX_TEXT_TOKENS,
+        ge=1,
+        le=100_000,
+        description="Longest accepted text, in tokens of the checkpoint's tokenizer (emoji and some scripts "
+        "take several tokens per character)",
+    )
     frames_per_char: float = Field(
         1.0, gt=0, le=10, allow_inf_nan=False, description="Generation cap: frames allowed per text character"
     )
@@ -52,7 +67,12 @@ class Settings(BaseSettings):
     max_frames: int = Field(6000, ge=1, le=100_000, description="Generation cap: hard ceiling (7.5 frames/s)")
 
     voices_dir: Path = Field(Path("voices"), description="Folder holding the voice library manifest and audio")
-    default_voice: str | None = Field(None, description="Library voice used when a request names none")
+    default_voice: str = Field(
+        DEFAULT_VOICE,
+        min_length=1,
+        description="Library voice used when a request names none; when left at its default and that voice's "
+        "recording is absent, the first available voice",
+    )
     url_timeout_s: float = Field(15.0, gt=0, le=300, allow_inf_nan=False, description="reference_audio_url timeout")
     url_max_bytes: int = Field(20_000_000, ge=1024, le=500_000_000, description="reference_audio_url size cap")
     reference_min_s: float = Field(1.0, gt=0, le=600, allow_inf_nan=False, description="Shortest voice after trim")
@@ -65,6 +85,13 @@ class Settings(BaseSettings):
         7_000_000, ge=1024, le=100_000_000, description="Larger encoded audio is uploaded to the bucket instead"
     )
     bucket_name: str | None = Field(None, description="Bucket for uploads (BUCKET_* variables hold the endpoint)")
+    # RunPod's standard bucket settings, by their own names; the upload gets them from here
+    bucket_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("BUCKET_ENDPOINT_URL"))
+    bucket_access_key_id: str | None = Field(None, validation_alias=AliasChoices("BUCKET_ACCESS_KEY_ID"))
+    bucket_secret_access_key: SecretStr | None = Field(None, validation_alias=AliasChoices("BUCKET_SECRET_ACCESS_KEY"))
+    runpod_endpoint_id: str | None = Field(
+        None, validation_alias=AliasChoices("RUNPOD_ENDPOINT_ID"), description="Set by RunPod on its workers"
+    )
 
     @model_validator(mode="after")
     def _reference_bounds_ordered(self) -> Settings:
@@ -73,6 +100,29 @@ class Settings(BaseSettings):
                 f"VV_REFERENCE_MIN_S ({self.reference_min_s}) is above VV_REFERENCE_MAX_S ({self.reference_max_s})"
             )
         return self
+
+    @property
+    def default_voice_required(self) -> bool:
+        """True when VV_DEFAULT_VOICE was set: its voice must then be in the library (else the first available)."""
+        return "default_voice" in self.model_fields_set
+
+    def bucket_credentials(self) -> dict[str, str] | None:
+        """The runpod SDK's ``bucket_creds`` for an upload, or None when a BUCKET_* setting is missing."""
+        if not (self.bucket_endpoint_url and self.bucket_access_key_id and self.bucket_secret_access_key):
+            return None
+        return {
+            "endpointUrl": self.bucket_endpoint_url,
+            "accessId": self.bucket_access_key_id,
+            "accessSecret": self.bucket_secret_access_key.get_secret_value(),
+        }
+
+    def missing_bucket_variables(self) -> list[str]:
+        values = {
+            "BUCKET_ENDPOINT_URL": self.bucket_endpoint_url,
+            "BUCKET_ACCESS_KEY_ID": self.bucket_access_key_id,
+            "BUCKET_SECRET_ACCESS_KEY": self.bucket_secret_access_key,
+        }
+        return [name for name, value in values.items() if not value]
 
 
 @dataclass(frozen=True)
@@ -115,7 +165,8 @@ def resolve_runtime(settings: Settings) -> Runtime:
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        name = f"{ENV_PREFIX}{str(item['loc'][0]).upper()}" if item["loc"] else "settings"
+        field = str(item["loc"][0]) if item["loc"] else ""
+        name = field if field.isupper() else f"{ENV_PREFIX}{field.upper()}"  # aliases are full variable names
         if not item["loc"]:  # a check across fields names its variables itself
             lines.append(item["msg"].removeprefix("Value error, "))
             continue

@@ -41,15 +41,6 @@ def check_model_loadable(load_model: Callable[[], object]) -> None:
         raise FitnessError("the model does not load: the loader returned nothing")
 
 
-def check_model_files(folder: str | os.PathLike) -> None:
-    """A local checkpoint folder is complete (config, processor, every safetensors shard)."""
-    from .checkpoint import checkpoint_problems
-
-    problems = checkpoint_problems(folder)
-    if problems:
-        raise FitnessError(f"the checkpoint at {folder} is incomplete: " + "; ".join(problems))
-
-
 # ------------------------------------------------------------------------------- GPU
 
 
@@ -57,8 +48,8 @@ def gpu_required(settings: Settings, *, on_runpod: bool | None = None) -> str | 
     """Why this configuration needs a GPU, or None when it can run on the CPU.
 
     ``VV_DEVICE=cuda[:N]``, a half-precision ``VV_DTYPE`` and ``flash_attention_2`` all need one. With
-    ``VV_DEVICE=auto`` on RunPod (``RUNPOD_ENDPOINT_ID`` set), a missing GPU would silently fall back to the
-    CPU, where the 7B model is unusably slow, so it counts as needing one too.
+    ``VV_DEVICE=auto`` on RunPod (``RUNPOD_ENDPOINT_ID`` set; ``on_runpod`` overrides it), a missing GPU would
+    silently fall back to the CPU, where the 7B model is unusably slow, so it counts as needing one too.
     """
     if settings.device.startswith("cuda"):
         return f"VV_DEVICE={settings.device}"
@@ -69,7 +60,7 @@ def gpu_required(settings: Settings, *, on_runpod: bool | None = None) -> str | 
     if settings.attn_implementation == "flash_attention_2":
         return "VV_ATTN_IMPLEMENTATION=flash_attention_2"
     if on_runpod is None:
-        on_runpod = bool(os.environ.get("RUNPOD_ENDPOINT_ID"))
+        on_runpod = bool(settings.runpod_endpoint_id)
     if on_runpod:
         return "VV_DEVICE=auto on a RunPod endpoint"
     return None
@@ -162,7 +153,6 @@ def register_fitness_checks(
     settings: Settings,
     load_model: Callable[[], object] | None = None,
     *,
-    model_folder: str | os.PathLike | None = None,
     require_all_voices: bool = False,
     on_runpod: bool | None = None,
     register: Callable[[Callable], Callable] | None = None,
@@ -170,7 +160,6 @@ def register_fitness_checks(
     """Register the worker's checks with the runpod SDK and return them, in the order they run.
 
     - ``vv_gpu_visible``: a GPU is visible when the configuration needs one (first: cheapest, most common).
-    - ``vv_model_files``: when ``model_folder`` is given (an offline source), the checkpoint there is complete.
     - ``vv_voices_match_manifest``: voice files match their sha256.
     - ``vv_model_loadable``: when ``load_model`` is given, it loads (or returns the already loaded) model.
 
@@ -184,19 +173,13 @@ def register_fitness_checks(
     def vv_gpu_visible() -> None:
         check_gpu(settings, on_runpod=on_runpod)
 
-    def vv_model_files() -> None:
-        check_model_files(model_folder)
-
     def vv_voices_match_manifest() -> None:
         check_voices(settings.voices_dir, require_all=require_all_voices)
 
     def vv_model_loadable() -> None:
         check_model_loadable(load_model)
 
-    checks: list[Callable[[], None]] = [vv_gpu_visible]
-    if model_folder is not None:
-        checks.append(vv_model_files)
-    checks.append(vv_voices_match_manifest)
+    checks: list[Callable[[], None]] = [vv_gpu_visible, vv_voices_match_manifest]
     if load_model is not None:
         checks.append(vv_model_loadable)
     for check in checks:

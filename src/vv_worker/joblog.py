@@ -30,6 +30,7 @@ _RUNPOD_KEY = re.compile(r"\brpa_[A-Za-z0-9]{8,}")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/\-]+=*")
 _AUTH_HEADER = re.compile(r"(?i)\b(authorization|x-api-key|api[-_]?key)\s*[:=]\s*(?:(?:bearer|basic|token)\s+)?\S+")
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s\"'<>]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # no UTF-8 stream can write one: the whole line would be lost
 _SECRET_KEY = re.compile(r"(?i)(token|secret|passw|api[-_]?key|authorization|credential|^key$|_key$)")
 
 
@@ -45,7 +46,9 @@ def _strip_url(match: re.Match) -> str:
 
 
 def scrub_text(text: str) -> str:
-    """``text`` with URL queries and credentials, tokens, keys and long base64 runs removed."""
+    """``text`` with URL queries and credentials, tokens, keys and long base64 runs removed (and lone surrogates
+    replaced by U+FFFD)."""
+    text = _SURROGATE.sub("\ufffd", text)
     text = _URL.sub(_strip_url, text)
     text = _HF_TOKEN.sub("[hf-token]", text)
     text = _RUNPOD_KEY.sub("[runpod-key]", text)
@@ -61,7 +64,7 @@ def scrub(value: Any, key: str | None = None) -> Any:
     if isinstance(value, str):
         return scrub_text(value)
     if isinstance(value, dict):
-        return {str(k): scrub(v, str(k)) for k, v in value.items()}
+        return {scrub_text(str(k)): scrub(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [scrub(v) for v in value]
     if isinstance(value, (int, float, bool)) or value is None:

@@ -1,5 +1,7 @@
-"""Request model (pydantic v2) and the one place every request limit lives.
+"""The request model (pydantic v2): each field's type, bounds and wording; errors that name the field.
 
+This is the first step of planning (``plan.py``): the shape of one job's input. Checks that span
+fields or need the worker's state (the script, the voices, the token count) are in ``plan.py``.
 Field names follow the original VibeVoice worker API (``text``, ``reference_audio``,
 ``reference_audio_url``, ``voice_settings``) so its clients keep working.
 """
@@ -12,23 +14,32 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-DEFAULT_MAX_TEXT_CHARS = 5000
-SEED_MAX = 2**32 - 1
-SPEED_RANGE = (0.5, 2.0)
-TEMPERATURE_RANGE = (0.0, 2.0)  # exclusive lower bound
-CFG_SCALE_RANGE = (1.0, 10.0)
-DIFFUSION_STEPS_RANGE = (1, 50)
-SAMPLE_RATE_RANGE = (8000, 48000)
-LOUDNESS_RANGE = (-50.0, -5.0)  # target LUFS for ``normalize``
-OutputFormat = Literal["wav", "flac", "mp3", "ogg"]
+from . import limits
+from .limits import OUTPUT_FORMATS, OutputFormatName
 
 _KEEP_CONTROL = {"\n", "\t"}
+_VISIBLE = ("L", "N", "P", "S")  # Unicode categories that show: letters, numbers, punctuation, symbols
+_SPEAKER_KEY = re.compile(rf"0|[1-9][0-9]{{0,{limits.SPEAKER_NUMBER_DIGITS - 1}}}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+VOICE_SOURCES = ("voice", "reference_audio", "reference_audio_url")
+
+
+class RequestError(ValueError):
+    """The request is invalid; the message says which field, what was wrong and what is allowed."""
 
 
 def clean_text(text: str) -> str:
     """Remove control characters (keeping newlines and tabs) and trim the ends."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return "".join(ch for ch in text if ch in _KEEP_CONTROL or unicodedata.category(ch) != "Cc").strip()
+
+
+def echo(value: object) -> str:
+    """``repr(value)`` for an error message: ASCII only, at most ``limits.ERROR_ECHO_CHARS`` characters."""
+    shown = ascii(value)
+    if len(shown) > limits.ERROR_ECHO_CHARS:
+        shown = shown[: limits.ERROR_ECHO_CHARS - 3] + "..."
+    return shown
 
 
 class _Strict(BaseModel):
@@ -38,28 +49,24 @@ class _Strict(BaseModel):
 class VoiceSettings(_Strict):
     """Delivery settings of the original API."""
 
-    temperature: float | None = Field(
+    temperature: limits.TEMPERATURE.annotated() | None = Field(
         None,
-        gt=TEMPERATURE_RANGE[0],
-        le=TEMPERATURE_RANGE[1],
-        description="Sample the LM's next token at this temperature among the allowed tokens "
+        description="Sample the LM's next token at this temperature among the tokens VibeVoice may emit "
         "(unset: take the most likely one)",
     )
-    speed: float = Field(
-        1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1], description="Pitch-preserving time stretch of the output"
-    )
+    speed: limits.SPEED.annotated() = Field(1.0, description="Pitch-preserving time stretch of the output")
 
 
 class SpeakerVoice(_Strict):
     """One speaker's voice: exactly one source."""
 
-    voice: str | None = Field(None, min_length=1, max_length=128)
+    voice: str | None = Field(None, min_length=1, max_length=limits.VOICE_NAME_CHARS)
     reference_audio: str | None = Field(None, min_length=1)
-    reference_audio_url: str | None = Field(None, min_length=1, max_length=4096)
+    reference_audio_url: str | None = Field(None, min_length=1, max_length=limits.URL_CHARS)
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> SpeakerVoice:
-        given = [name for name in ("voice", "reference_audio", "reference_audio_url") if getattr(self, name)]
+        given = [name for name in VOICE_SOURCES if getattr(self, name)]
         if len(given) != 1:
             raise ValueError(
                 "give exactly one of voice, reference_audio or reference_audio_url"
@@ -72,35 +79,37 @@ class SynthesisRequest(_Strict):
     """One text-to-speech job. Validate with :func:`parse_request`."""
 
     text: str = Field(description="What to say. Control characters are removed; never truncated.")
-    voice: str | None = Field(None, min_length=1, max_length=128, description="A voice library name")
+    voice: str | None = Field(None, min_length=1, max_length=limits.VOICE_NAME_CHARS, description="A library voice")
     reference_audio: str | None = Field(None, min_length=1, description="Base64 audio of the voice to clone")
     reference_audio_url: str | None = Field(
-        None, min_length=1, max_length=4096, description="http(s) URL of the voice to clone"
+        None, min_length=1, max_length=limits.URL_CHARS, description="http(s) URL of the voice to clone"
     )
     voice_settings: VoiceSettings = Field(default_factory=VoiceSettings)
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Same seed, text, voice and device: same audio")
-    cfg_scale: float | None = Field(None, ge=CFG_SCALE_RANGE[0], le=CFG_SCALE_RANGE[1])
-    diffusion_steps: int | None = Field(None, ge=DIFFUSION_STEPS_RANGE[0], le=DIFFUSION_STEPS_RANGE[1])
+    seed: limits.SEED.annotated() | None = Field(None, description="Same seed, text, voice and device: same audio")
+    cfg_scale: limits.CFG_SCALE.annotated() | None = None
+    diffusion_steps: limits.DIFFUSION_STEPS.annotated() | None = None
     speakers: dict[str, SpeakerVoice] | None = Field(
         None, description="Script speaker number -> library voice name, or an object with one voice source"
     )
-    output_format: OutputFormat = "wav"
-    sample_rate: int = Field(24000, ge=SAMPLE_RATE_RANGE[0], le=SAMPLE_RATE_RANGE[1])
-    normalize: float | None = Field(
-        None, ge=LOUDNESS_RANGE[0], le=LOUDNESS_RANGE[1], description="Target integrated loudness in LUFS"
-    )
+    output_format: OutputFormatName = "wav"
+    sample_rate: limits.OUTPUT_SAMPLE_RATE.annotated() = 24000
+    normalize: limits.LOUDNESS_LUFS.annotated() | None = Field(None, description="Target integrated loudness, LUFS")
     trim_silence: bool = Field(False, description="Trim leading and trailing silence from the output")
     stream: bool = Field(False, description="Yield audio chunks while generating (needs VV_STREAMING=true)")
     action: Literal["synthesize"] = "synthesize"
 
     @field_validator("speakers", mode="before")
     @classmethod
-    def _speaker_names_to_sources(cls, value: Any) -> Any:
-        """Keys are the N of 'Speaker N:' lines; a bare string is a library voice name."""
+    def _speaker_keys_and_names(cls, value: Any) -> Any:
+        """Keys are the N of 'Speaker N:' lines, spelled one way only; a bare string is a library voice name."""
         if isinstance(value, dict):
             for key in value:
-                if not (isinstance(key, str) and re.fullmatch(r"\d{1,3}", key)):
-                    raise ValueError(f"key {key!r} is not a speaker number (keys are the N of 'Speaker N:' lines)")
+                if not (isinstance(key, str) and _SPEAKER_KEY.fullmatch(key)):
+                    raise ValueError(
+                        f"key {echo(key)} is not a speaker number; keys are the N of 'Speaker N:' lines written "
+                        f"in ASCII digits without leading zeros (0 to {10**limits.SPEAKER_NUMBER_DIGITS - 1}), "
+                        "so each speaker has one key"
+                    )
             return {key: {"voice": item} if isinstance(item, str) else item for key, item in value.items()}
         return value
 
@@ -110,7 +119,12 @@ class SynthesisRequest(_Strict):
         cleaned = clean_text(value)
         if not cleaned:
             raise ValueError("text is empty after removing whitespace and control characters")
-        limit = (info.context or {}).get("max_text_chars", DEFAULT_MAX_TEXT_CHARS)
+        if not any(unicodedata.category(ch).startswith(_VISIBLE) for ch in cleaned):
+            raise ValueError(
+                "text has no visible characters (only invisible ones such as zero-width spaces, byte-order marks "
+                "or combining marks without a letter); nothing could be spoken"
+            )
+        limit = (info.context or {}).get("max_text_chars", limits.DEFAULT_MAX_TEXT_CHARS)
         if len(cleaned) > limit:
             raise ValueError(
                 f"text has {len(cleaned)} characters, more than the limit of {limit}; "
@@ -120,35 +134,41 @@ class SynthesisRequest(_Strict):
 
     @model_validator(mode="after")
     def _one_voice_source(self) -> SynthesisRequest:
-        given = [name for name in ("voice", "reference_audio", "reference_audio_url") if getattr(self, name)]
+        given = [name for name in VOICE_SOURCES if getattr(self, name)]
         if len(given) > 1:
             raise ValueError(f"give at most one voice source, got {' and '.join(given)}")
         return self
 
 
 ALLOWED = {
-    "seed": f"an integer from 0 to {SEED_MAX}",
-    "cfg_scale": f"a number from {CFG_SCALE_RANGE[0]} to {CFG_SCALE_RANGE[1]}",
-    "diffusion_steps": f"an integer from {DIFFUSION_STEPS_RANGE[0]} to {DIFFUSION_STEPS_RANGE[1]}",
-    "voice_settings.speed": f"a number from {SPEED_RANGE[0]} to {SPEED_RANGE[1]}",
-    "voice_settings.temperature": f"a number above {TEMPERATURE_RANGE[0]} and at most {TEMPERATURE_RANGE[1]}",
-    "sample_rate": f"an integer from {SAMPLE_RATE_RANGE[0]} to {SAMPLE_RATE_RANGE[1]}",
-    "normalize": f"a target loudness in LUFS from {LOUDNESS_RANGE[0]} to {LOUDNESS_RANGE[1]}, or null",
-    "output_format": "wav, flac, mp3 or ogg",
+    "seed": limits.SEED.allowed,
+    "cfg_scale": limits.CFG_SCALE.allowed,
+    "diffusion_steps": limits.DIFFUSION_STEPS.allowed,
+    "voice_settings.speed": limits.SPEED.allowed,
+    "voice_settings.temperature": limits.TEMPERATURE.allowed,
+    "sample_rate": limits.OUTPUT_SAMPLE_RATE.allowed,
+    "normalize": f"a target loudness in LUFS from {limits.LOUDNESS_LUFS.low:g} to {limits.LOUDNESS_LUFS.high:g}, "
+    "or null",
+    "output_format": ", ".join(OUTPUT_FORMATS),
     "action": "synthesize or list_voices",
 }
-
-
-class RequestError(ValueError):
-    """The request is invalid; the message says which field, what was wrong and what is allowed."""
 
 
 def _field_names(model: type[BaseModel]) -> str:
     return ", ".join(model.model_fields)
 
 
+def field_label(key: object) -> str:
+    """A field name as an error shows it: as is when it looks like one of ours, else quoted and bounded."""
+    return key if isinstance(key, str) and re.fullmatch(r"[a-z_]{1,32}|[0-9]{1,3}", key) else echo(key)
+
+
+def _location(loc: tuple) -> str:
+    return ".".join(field_label(str(part)) for part in loc) or "input"
+
+
 def _describe_error(item: dict[str, Any]) -> str:
-    loc = ".".join(str(part) for part in item["loc"]) or "input"
+    loc = _location(item["loc"])
     kind = item["type"]
     if kind == "extra_forbidden":
         parent = {"voice_settings": VoiceSettings, "speakers": SpeakerVoice}.get(str(item["loc"][0]), SynthesisRequest)
@@ -156,12 +176,8 @@ def _describe_error(item: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{loc}: required field is missing"
     message = re.sub(r"^Value error, ", "", item["msg"])
-    value = item.get("input")
     if kind.startswith(("greater", "less", "finite")) or kind.endswith("_type") or kind == "literal_error":
-        shown = repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        message = f"{message} (got {shown})"
+        message = f"{message} (got {echo(item.get('input'))})"
     if loc in ALLOWED:
         message = f"{message}; allowed: {ALLOWED[loc]}"
     elif loc.startswith("speakers.") and loc.count(".") == 1:
@@ -169,15 +185,54 @@ def _describe_error(item: dict[str, Any]) -> str:
     return f"{loc}: {message}"
 
 
+def describe_problems(problems: list[str]) -> str:
+    """``invalid input: a; b; ...``: at most ``limits.ERROR_PROBLEMS_SHOWN`` problems, the rest counted."""
+    shown = problems[: limits.ERROR_PROBLEMS_SHOWN]
+    more = len(problems) - len(shown)
+    tail = f"; and {more:,} more problem{'s' if more > 1 else ''} not shown" if more else ""
+    return "invalid input: " + "; ".join(shown) + tail
+
+
 def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem: ``field.path: what was wrong (got value)``."""
-    return "invalid input: " + "; ".join(_describe_error(item) for item in error.errors())
+    """One entry per problem: ``field.path: what was wrong (got value)``, bounded in length."""
+    return describe_problems([_describe_error(item) for item in error.errors()])
 
 
-def parse_request(payload: Any, *, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> SynthesisRequest:
-    """Validate a job's ``input``; raise RequestError with a readable message."""
+def find_lone_surrogate(payload: object) -> str | None:
+    """Where the first lone surrogate (half of a UTF-16 pair, e.g. from JSON's ``"\\ud800"``) is, in any string or key.
+
+    Python holds such strings, but no tokenizer, log line or UTF-8 encoder can take them.
+    """
+    stack: list[tuple[str, object]] = [("input", payload)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            found = _SURROGATE.search(value)
+            if found:
+                return (
+                    f"{path}: contains a lone surrogate U+{ord(found.group()):04X} at character {found.start()}; "
+                    "text must be valid Unicode (send the character itself, or both halves of its surrogate pair)"
+                )
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                stack.append((_child(path, key), item))
+                stack.append((f"{path} (a field name)", key))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{index}]", item) for index, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _child(path: str, key: object) -> str:
+    return field_label(key) if path == "input" else f"{path}.{field_label(key)}"
+
+
+def parse_request(payload: Any, *, max_text_chars: int = limits.DEFAULT_MAX_TEXT_CHARS) -> SynthesisRequest:
+    """Validate a job's ``input``; raise RequestError with a readable, bounded message."""
     if not isinstance(payload, dict):
         raise RequestError(f"invalid input: expected a JSON object, got {type(payload).__name__}")
+    surrogate = find_lone_surrogate(payload)
+    if surrogate:
+        raise RequestError(f"invalid input: {surrogate}")
     try:
         return SynthesisRequest.model_validate(payload, context={"max_text_chars": max_text_chars})
     except ValidationError as error:

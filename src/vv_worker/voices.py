@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, ReferenceLimits, decode_base64, prepare_reference
+from .audio import AudioError, ReferenceLimits, StopCheck, decode_base64, prepare_reference
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,13 @@ class VoiceLibrary:
     def names(self) -> list[str]:
         return [entry.name for entry in self.available()]
 
+    def default(self, preferred: str) -> str | None:
+        """``preferred`` (canonical spelling) when available, else the first available voice, else None."""
+        entry = self.entries.get(preferred.lower())
+        if entry is not None and (self.folder / entry.file).is_file():
+            return entry.name
+        return next(iter(self.names()), None)
+
     def canonical(self, name: str) -> str:
         """The manifest's spelling of an available voice's name (lookup is case-insensitive)."""
         self.load(name)
@@ -87,8 +95,6 @@ def fetch_url(url: str, *, timeout_s: float, max_bytes: int, field: str = "refer
     Private and loopback targets are refused unless RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=true,
     the SDK's own switch for that.
     """
-    import time
-
     import requests
     from runpod.serverless.utils.rp_ssrf import SSRFError, safe_get
 
@@ -119,8 +125,10 @@ def fetch_url(url: str, *, timeout_s: float, max_bytes: int, field: str = "refer
         raise VoiceError(f"{field}: could not fetch: {type(error).__name__}") from None
 
 
-def reference_from_base64(data: str, field: str, limits: ReferenceLimits) -> np.ndarray:
-    return prepare_reference(decode_base64(data, field), field, limits)
+def reference_from_base64(
+    data: str, field: str, bounds: ReferenceLimits, check_stop: StopCheck | None = None
+) -> np.ndarray:
+    return prepare_reference(decode_base64(data, field), field, bounds, check_stop)
 
 
 __all__ = [
