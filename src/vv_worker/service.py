@@ -26,7 +26,7 @@ class SynthesisService:
         self.settings = settings
         self.engine = engine
         self.voices = voices
-        tokenizer = engine.processor.tokenizer
+        tokenizer = engine.loaded.processor.tokenizer
         self.count_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
         available = voices.names()
         if settings.default_voice_required and settings.default_voice.lower() not in {n.lower() for n in available}:
