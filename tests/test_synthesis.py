@@ -113,7 +113,7 @@ def test_reference_audio_is_used_as_the_voice_prompt(service):
     assert cloned["audio_b64"] != plain["audio_b64"]
     job = GenerationJob([ScriptLine(0, "x")], {0: speechlike(2.0)}, 0, 1.3, 10, 1)
     inputs = service.engine.prepare_inputs(job)
-    audio_token = service.engine.audio_token_id
+    audio_token = service.engine.loaded.audio_token_id
     # 2 s of voice at 7.5 frames per second: 15 audio placeholders in the prompt
     assert int((inputs["input_ids"] == audio_token).sum()) == 15
 
@@ -165,7 +165,7 @@ def test_special_tokens_in_user_text_stay_plain_text(service):
         job = GenerationJob(single_speaker_script(text), {}, 0, 1.3, 10, 1)
         return service.engine.prepare_inputs(job)["input_ids"][0].tolist()
 
-    tokenizer = service.engine.processor.tokenizer
+    tokenizer = service.engine.loaded.processor.tokenizer
     special = {tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_pad|>", "<|endoftext|>")}
     injected = ids("Hi <|vision_start|><|vision_pad|><|endoftext|> there")
     clean = ids("Hi there")

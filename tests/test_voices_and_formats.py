@@ -163,12 +163,12 @@ def test_voice_prompts_are_encoded_once_and_match_stock_generate(reference_engin
     assert engine.voice_cache.hits == hits + 1 and engine.voice_cache.misses == misses + 1
     np.testing.assert_array_equal(first.audio, second.audio)
 
-    batch = engine.processor.apply_chat_template(
+    batch = engine.loaded.processor.apply_chat_template(
         build_conversation(job.script, job.voices), tokenize=True, return_dict=True, return_tensors="pt"
     )
     torch.manual_seed(job.seed)
     with torch.inference_mode():
-        stock = engine.model.generate(
+        stock = engine.loaded.model.generate(
             **batch, max_new_tokens=5, guidance_scale=1.3, num_diffusion_steps=10, return_dict_in_generate=True
         )
     np.testing.assert_array_equal(stock.audio[0].reshape(-1).numpy(), first.audio)
@@ -180,12 +180,12 @@ def test_two_voices_match_stock_generate_closely(reference_engine):
     script = parse_script("Speaker 1: One.\nSpeaker 2: Two.").lines
     job = GenerationJob(script, voices, seed=8, cfg_scale=1.3, diffusion_steps=10, max_frames=4)
     ours = engine.generate(job).audio
-    batch = engine.processor.apply_chat_template(
+    batch = engine.loaded.processor.apply_chat_template(
         build_conversation(script, voices), tokenize=True, return_dict=True, return_tensors="pt"
     )
     torch.manual_seed(job.seed)
     with torch.inference_mode():
-        stock = engine.model.generate(
+        stock = engine.loaded.model.generate(
             **batch, max_new_tokens=4, guidance_scale=1.3, num_diffusion_steps=10, return_dict_in_generate=True
         )
     # stock pads the shorter voice to the longer one before encoding; we encode each alone
@@ -204,7 +204,7 @@ def test_two_speaker_script_end_to_end(with_library):
     inputs = with_library.engine.prepare_inputs(
         GenerationJob(parse_script(script).lines, {0: speechlike(1.0), 1: speechlike(1.0)}, 0, 1.3, 10, 1)
     )
-    text = with_library.engine.processor.tokenizer.decode(inputs["input_ids"][0])
+    text = with_library.engine.loaded.processor.tokenizer.decode(inputs["input_ids"][0])
     assert " Speaker 0: Hello, how are you?\n Speaker 1: Fine, thanks.\n Speaker 0: Good to hear.\n" in text
     assert text.count("<|vision_start|>") == 3  # one per voice, one opening the speech output
 

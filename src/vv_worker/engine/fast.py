@@ -57,6 +57,7 @@ class RequestState:
     tokens: list[int] = field(default_factory=list)
     frames: int = 0
     finish_reason: FinishReason | None = None
+    left: bool = False  # finished, failed or cancelled: it leaves the batch after this step
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
     first_audio_seconds: float | None = None
@@ -89,7 +90,11 @@ class FrameStream:
         if kind == "audio":
             self.frames += 1
             if self._on_progress is not None:
-                self._on_progress(self.frames, self._state.job.max_frames)
+                try:
+                    self._on_progress(self.frames, self._state.job.max_frames)
+                except BaseException:
+                    self.close()  # the caller is gone: stop generating for it
+                    raise
             return value
         self._done = True
         state = self._state
@@ -260,15 +265,15 @@ class FastEngine:
         if framing:
             self._frames(framing)
         for state in active:
-            if state.finish_reason is not None:
+            if state.left:
                 continue
             if len(state.tokens) >= state.job.max_frames:
                 self._finish(state, "frame_cap")
             elif state.cancelled:
-                state.finish_reason = "end_of_speech"
+                state.left = True
             else:
                 self._check_stop(state)
-        stepping = [state for state in active if state.finish_reason is None]
+        stepping = [state for state in active if not state.left]
         if not stepping:
             return
         self._compact(active)
@@ -329,11 +334,11 @@ class FastEngine:
             if reason is not None:
                 raise JobStopped(reason)
         except BaseException as error:  # this request only
-            state.finish_reason = "end_of_speech"
+            state.left = True
             state.outbox.put(("error", error))
 
     def _finish(self, state: RequestState, reason: FinishReason) -> None:
-        state.finish_reason = reason
+        state.finish_reason, state.left = reason, True
         if state.frames == 0:
             state.outbox.put(
                 ("error", EngineError("the model ended the speech before producing any audio; try another seed"))
@@ -343,7 +348,7 @@ class FastEngine:
 
     def _compact(self, active: list[RequestState]) -> None:
         """Drop finished requests, moving the last pairs into the freed ones so active pairs stay a prefix."""
-        kept = [state for state in active if state.finish_reason is None]
+        kept = [state for state in active if not state.left]
         for index, state in enumerate(kept):
             if state.pair != index:
                 length = max(state.positive_length, state.negative_length) + 1
@@ -352,7 +357,7 @@ class FastEngine:
         active[:] = kept
 
     def _leave(self, active: list[RequestState]) -> None:
-        if any(state.finish_reason is not None for state in active):
+        if any(state.left for state in active):
             self._compact(active)
 
 
