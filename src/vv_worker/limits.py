@@ -73,14 +73,17 @@ class OutputFormat:
     mime_type: str
     rates: tuple[int, ...] | None  # sample rates the codec accepts; None: any in OUTPUT_SAMPLE_RATE
     description: str
+    extensions: tuple[str, ...]  # file name endings, the usual one first
 
 
 _MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 OUTPUT_FORMATS: dict[str, OutputFormat] = {
-    "wav": OutputFormat("WAV", "PCM_16", "audio/wav", None, "WAV, PCM 16-bit"),
-    "flac": OutputFormat("FLAC", "PCM_16", "audio/flac", None, "FLAC, 16-bit"),
-    "mp3": OutputFormat("MP3", "MPEG_LAYER_III", "audio/mpeg", _MP3_RATES, "MP3"),
-    "ogg": OutputFormat("OGG", "OPUS", "audio/ogg", (8000, 12000, 16000, 24000, 48000), "Ogg Opus"),
+    "wav": OutputFormat("WAV", "PCM_16", "audio/wav", None, "WAV, PCM 16-bit", (".wav",)),
+    "flac": OutputFormat("FLAC", "PCM_16", "audio/flac", None, "FLAC, 16-bit", (".flac",)),
+    "mp3": OutputFormat("MP3", "MPEG_LAYER_III", "audio/mpeg", _MP3_RATES, "MP3", (".mp3",)),
+    "ogg": OutputFormat(
+        "OGG", "OPUS", "audio/ogg", (8000, 12000, 16000, 24000, 48000), "Ogg Opus", (".ogg", ".opus", ".oga")
+    ),
 }
 OutputFormatName = Literal[tuple(OUTPUT_FORMATS)]  # type: ignore[valid-type]
 

@@ -1,11 +1,11 @@
 """A job's input -> a :class:`Plan`: every request check, in the order a request meets them.
 
-1. shape and field bounds (``schema.parse_request``)
-2. the script (``Speaker N:`` lines) and its token count, by the checkpoint's tokenizer
-3. output options the codec can take; streaming options
-4. ``speakers`` keys against the script; one voice source per speaker
-5. voices: library, base64 or URL, decoded inside the job's time limit; other speakers get library voices
-6. the generation job (seed, guidance, steps, frame cap, the time limit's stop check)
+1. shape and field bounds (``schema.parse_request``), the script (``Speaker N:`` lines), output options the
+   codec can take, streaming options: :func:`check_request`, which needs no model
+2. the text's token count, by the checkpoint's tokenizer (``VV_MAX_TEXT_TOKENS``)
+3. ``speakers`` keys against the script; one voice source per speaker
+4. voices: library, base64 or URL, decoded inside the job's time limit; other speakers get library voices
+5. the generation job (seed, guidance, steps, frame cap, the time limit's stop check)
 
 Nothing here touches the model: ``count_tokens`` is the tokenizer's length function.
 """
@@ -97,11 +97,7 @@ def make_plan(
     """
     started = time.perf_counter()
     limit = TimeLimit(settings.job_timeout)
-    request = parse_request(payload, max_text_chars=settings.max_text_chars)
-    try:
-        script = parse_script(request.text)
-    except ScriptError as error:
-        raise RequestError(f"invalid input: {error}") from None
+    request, script = check_request(payload, settings, streaming_endpoint=streaming_endpoint, can_stream=can_stream)
     tokens = sum(count_tokens(line.text) for line in script.lines)
     if tokens > settings.max_text_tokens:
         raise RequestError(
@@ -109,9 +105,6 @@ def make_plan(
             f"{settings.max_text_tokens:,} (VV_MAX_TEXT_TOKENS); emoji and some scripts take several tokens "
             "per character: split the text into several requests (it is never truncated)"
         )
-    audio.check_output_format(request.output_format, request.sample_rate)
-    if request.stream:
-        check_streamable(request, streaming_endpoint=streaming_endpoint, can_stream=can_stream)
     sources = voice_sources(request, script)
     limit.check()
     voices, warnings = resolve_voices(sources, script, settings, library, limit)
@@ -127,6 +120,22 @@ def make_plan(
         should_stop=limit.reason,
     )
     return Plan(request, script, voices, warnings, job, started, tokens)
+
+
+def check_request(
+    payload: object, settings: Settings, *, streaming_endpoint: bool = True, can_stream: bool = True
+) -> tuple[SynthesisRequest, Script]:
+    """The checks that need neither the model nor a voice: shape and bounds, the script, output and streaming
+    options. Entry points can run them before loading anything."""
+    request = parse_request(payload, max_text_chars=settings.max_text_chars)
+    try:
+        script = parse_script(request.text)
+    except ScriptError as error:
+        raise RequestError(f"invalid input: {error}") from None
+    audio.check_output_format(request.output_format, request.sample_rate)
+    if request.stream:
+        check_streamable(request, streaming_endpoint=streaming_endpoint, can_stream=can_stream)
+    return request, script
 
 
 def check_streamable(request: SynthesisRequest, *, streaming_endpoint: bool, can_stream: bool) -> None:
