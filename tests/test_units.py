@@ -231,3 +231,61 @@ def test_url_fetch_with_private_addresses_allowed(loopback_server, monkeypatch, 
         fetch_url(f"{base}/missing.wav", timeout_s=5, max_bytes=10**6)
     out = handle_job({"input": {"text": "From a URL.", "reference_audio_url": f"{base}/voice.wav"}}, service)
     assert out["voice_used"] == "reference_audio_url", out
+
+
+# --- planning, with no model: the token counter is the only thing it takes from the checkpoint -------------
+
+
+def _plan(payload: dict, **settings):
+    from vv_worker.plan import make_plan
+
+    return make_plan(
+        payload,
+        settings=load_settings(**settings),
+        library=VoiceLibrary(__import__("pathlib").Path("/nonexistent")),
+        count_tokens=lambda text: len(text.encode("utf-8")),  # a byte-level count, as the tiny model's BPE is
+    )
+
+
+def test_the_token_limit_is_checked_at_plan_time_in_tokens_not_characters():
+    from vv_worker.schema import RequestError
+
+    assert _plan({"text": "a" * 40}, max_text_tokens=40).text_tokens == 40
+    with pytest.raises(RequestError, match=r"text: 160 tokens by the model's tokenizer, more than the limit of 40"):
+        _plan({"text": "\U0001f600" * 40}, max_text_tokens=40)  # 40 characters, 4 bytes each
+
+
+def test_check_request_needs_no_model_and_refuses_streaming_where_the_endpoint_cannot():
+    from vv_worker.plan import check_request
+    from vv_worker.schema import RequestError
+
+    request, script = check_request({"text": "Speaker 2: a\nSpeaker 5: b"}, load_settings())
+    assert script.speaker_numbers == [2, 5] and request.output_format == "wav"
+    with pytest.raises(RequestError, match="stream: this endpoint does not stream"):
+        check_request({"text": "x", "stream": True}, load_settings(), streaming_endpoint=False)
+    with pytest.raises(audio.AudioError, match="sample_rate: ogg supports"):
+        check_request({"text": "x", "output_format": "ogg", "sample_rate": 44100}, load_settings())
+
+
+def test_planning_past_the_time_limit_is_a_clean_stop():
+    from vv_worker.engine.base import JobStopped
+
+    with pytest.raises(JobStopped, match=r"time limit of 1e-09 s \(VV_JOB_TIMEOUT\)"):
+        _plan({"text": "Hi."}, job_timeout=1e-9)
+
+
+def test_the_default_voice_falls_back_to_the_first_available(tmp_path):
+    import json
+
+    import soundfile as sf
+
+    sf.write(tmp_path / "b.wav", speechlike(1.5, 16000), 16000)
+    entries = [
+        {"name": n, "file": f"{n}.wav", "url": "", "sha256": "", "license": "", "language": "", "gender": ""}
+        | {"description": ""}
+        for n in ("maya", "b")
+    ]
+    (tmp_path / "manifest.json").write_text(json.dumps({"voices": entries}))
+    library = VoiceLibrary(tmp_path)
+    assert library.default("maya") == "b"  # maya is listed but its recording is absent
+    assert VoiceLibrary(tmp_path / "none").default("maya") is None
