@@ -127,3 +127,12 @@ def _first_token(fast, seed: int) -> int:
     with contextlib.suppress(EngineError):
         list(stream)
     return stream.tokens[0]
+
+
+def test_close_stops_the_scheduler_after_the_work_in_flight(fast, solos):
+    stream = fast.stream(FOUR[0])
+    fast.close()
+    assert fast._thread is None
+    assert_equal((np.concatenate(list(stream)), stream.tokens), solos[0])
+    again = fast.stream(FOUR[1])  # a later request starts a new scheduler
+    assert_equal((np.concatenate(list(again)), again.tokens), solos[1])

@@ -130,7 +130,7 @@ class FastEngine:
         self._audio_column = allowed.index(loaded.audio_token_id)
         self.peak_batch = 0  # most requests ever stepped together (metrics and tests)
         self._one_fill_is_many = _one_fill_is_many(self.latent_size)
-        self._inbox: queue.Queue[RequestState] = queue.Queue()
+        self._inbox: queue.Queue[RequestState | None] = queue.Queue()  # None: close
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -184,16 +184,29 @@ class FastEngine:
                 self._thread = threading.Thread(target=self._run, name="vv-batch", daemon=True)
                 self._thread.start()
 
+    def close(self) -> None:
+        """Stop the scheduler thread once the requests already submitted are done (frees the model)."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            self._inbox.put(None)
+            thread.join()
+
     def _run(self) -> None:
         active: list[RequestState] = []
-        while True:
-            if not active:
-                self._admit(self._inbox.get(), active)
-            while len(active) < self.max_batch:
+        closing = False
+        while not closing or active:
+            newcomers = [] if active or closing else [self._inbox.get()]
+            while not closing and len(active) + len(newcomers) < self.max_batch:
                 try:
-                    self._admit(self._inbox.get_nowait(), active)
+                    newcomers.append(self._inbox.get_nowait())
                 except queue.Empty:
                     break
+            for state in newcomers:
+                if state is None:
+                    closing = True
+                else:
+                    self._admit(state, active)
             if not active:
                 continue
             self.peak_batch = max(self.peak_batch, len(active))
