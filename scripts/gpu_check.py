@@ -264,6 +264,7 @@ def bench_rows(plan: Plan) -> list[Row]:
     setting = f"{plan.device}, {plan.bench_config} shapes, {plan.bench_dtype}, {plan.frames} frames, {plan.steps} steps"
     engines = bench.compare_engines(engine, jobs[0], plan.device, plan.warmup, plan.repeats)
     batch = bench.compare_batch(engine, jobs, plan.device, plan.warmup, plan.repeats)
+    engine.close()  # the scheduler thread holds the model until it stops
     del engine
     _free(plan.device)
     rows = []
