@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     def load() -> None:
         try:
             state.service = SynthesisService.from_settings(settings)
-            log.info("model loaded; serving on %s", ", ".join(f"http://{listen.host}:{s.getsockname()[1]}" for s in sockets))
+            addresses = ", ".join(f"http://{listen.host}:{s.getsockname()[1]}" for s in sockets)
+            log.info("model loaded; serving on %s", addresses)
         except (ConfigError, EngineError, ProvisionError) as error:
             failure.append(str(error))
             server.should_exit = True

@@ -173,4 +173,3 @@ async def _sse(
         yield sse_event({"type": "error", **failure.body()})
     finally:
         await items.aclose()
-

@@ -131,4 +131,3 @@ def stream_encoder(name: str, total_samples: int | None = None) -> StreamEncoder
     if name == "wav":
         return WavEncoder(total_samples=total_samples)
     return FFmpegEncoder(SPEECH_FORMATS[name])
-

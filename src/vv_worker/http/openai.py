@@ -95,7 +95,9 @@ def model_ids(served: str) -> list[str]:
 def models_list(served: str, created: int) -> dict:
     return {
         "object": "list",
-        "data": [{"id": name, "object": "model", "created": created, "owned_by": "vv-worker"} for name in model_ids(served)],
+        "data": [
+            {"id": name, "object": "model", "created": created, "owned_by": "vv-worker"} for name in model_ids(served)
+        ],
     }
 
 
@@ -150,4 +152,3 @@ def from_worker_error(error: Exception) -> SpeechError:
 def sse_event(event: dict) -> str:
     """One server-sent event as OpenAI sends them: a ``data:`` line and a blank line."""
     return f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
-

@@ -68,4 +68,3 @@ def usage(service: SynthesisService, text: str, summary: dict) -> dict:
     input_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
     output_tokens = int(summary.get("metrics", {}).get("frames", 0))
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
-
