@@ -261,7 +261,10 @@ def test_openai_route_whole_file_models_and_voices(service):
         ({"openai_route": "/v1/chat/completions", "openai_input": {}}, "'/v1/chat/completions' is not served here"),
         ({"openai_route": "/v1/models", "text": "x"}, "no other fields are allowed, got text"),
         (
-            {"openai_route": "/v1/audio/speech", "openai_input": {"model": "tts-1", "input": "x", "stream_format": "sse"}},
+            {
+                "openai_route": "/v1/audio/speech",
+                "openai_input": {"model": "tts-1", "input": "x", "stream_format": "sse"},
+            },
             "stream_format: sse needs a streaming endpoint; set VV_STREAMING=true",
         ),
         (
