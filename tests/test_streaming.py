@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -148,7 +149,7 @@ def test_run_ahead_async_consumer_cancelled_leaves_no_thread_waiting():
     assert ahead.join(2)
 
 
-# ------------------------------------------- the SDK's per-job loop, replaced
+# ------------------------------------------- the SDK's own per-job loop
 
 
 class Posts:
@@ -171,10 +172,14 @@ class FakeSession:
 
 
 def run_streaming_job(job_input: dict, service, monkeypatch) -> tuple[Posts, dict]:
+    """One job through runpod's ``rp_job.handle_job``, with the start config the worker gives the SDK."""
+    from runpod.serverless.modules import rp_job
+
     posts = Posts(monkeypatch)
-    monkeypatch.setattr(worker, "_service", service)
     config = {"handler": worker.streaming_handler}
-    asyncio.run(worker.post_streaming_job(FakeSession(), config, {"id": "job-1", "input": job_input}))
+    monkeypatch.setattr(worker, "_service", service)
+    monkeypatch.setattr(worker, "_sdk_config", config)
+    asyncio.run(rp_job.handle_job(FakeSession(), config, {"id": "job-1", "input": job_input}))
     assert len(posts.done) == 1
     return posts, config
 
@@ -186,7 +191,7 @@ def test_streamed_job_posts_every_chunk_and_keeps_only_the_summary(service, monk
     assert summary["done"] is True and summary["chunks"] == len(chunks) > 2
     assert all(len(json.dumps(post)) < RUNPOD_STREAM_ITEM_LIMIT for post in posts.stream)
     assert posts.done == [{"output": [summary]}]  # bounded: no chunk in the final output
-    assert "refresh_worker" not in config
+    assert not config.get("refresh_worker")
 
 
 def test_unstreamed_request_on_a_streaming_endpoint_keeps_its_response(service, monkeypatch):
@@ -201,7 +206,7 @@ def test_a_failed_streamed_job_ends_failed(service, monkeypatch):
     assert posts.done == [
         {"error": "invalid input: text: text is empty after removing whitespace and control characters"}
     ]
-    assert "refresh_worker" not in config
+    assert not config.get("refresh_worker")
 
 
 def test_a_device_fault_mid_stream_fails_the_job_and_stops_the_worker(service, monkeypatch):
@@ -316,3 +321,122 @@ def test_client_streams_to_a_wav_equal_to_the_whole_result(streaming_server, tmp
     a = save_stream(streamed["chunks"], tmp_path / "streamed.wav")
     b = save_audio(whole, tmp_path / "whole.wav")
     np.testing.assert_array_equal(sf.read(a, dtype="int16")[0], sf.read(b, dtype="int16")[0])
+
+
+# --------------------------- the real SDK worker loop against a fake RunPod
+
+
+class FakeRunPod:
+    """RunPod's job API on loopback: hands out queued jobs, records stream posts and results."""
+
+    def __init__(self, jobs: list[dict]):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.jobs = list(jobs)
+        self.stream: dict[str, list] = {}
+        self.done: dict[str, dict] = {}
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+            def _reply(self, status: int, body: bytes = b"", kind: str = "application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path.startswith("/job-take/") and fake.jobs:
+                    self._reply(200, json.dumps(fake.jobs.pop(0)).encode())
+                else:
+                    if self.path.startswith("/job-stop/"):
+                        time.sleep(0.5)  # a long poll with nothing to stop
+                    self._reply(204)
+
+            def do_POST(self):
+                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                job_id = self.path.split("?")[0].rsplit("/", 1)[-1]
+                if self.path.startswith("/job-stream/"):
+                    fake.stream.setdefault(job_id, []).append(data)
+                else:
+                    fake.done[job_id] = data
+                self._reply(200, b"{}")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "RUNPOD_WEBHOOK_GET_JOB": f"{self.base}/job-take/$ID?gpu=cpu",
+            "RUNPOD_WEBHOOK_POST_OUTPUT": f"{self.base}/job-done/$RUNPOD_POD_ID/$ID?gpu=cpu",
+            "RUNPOD_WEBHOOK_POST_STREAM": f"{self.base}/job-stream/$RUNPOD_POD_ID/$ID?gpu=cpu",
+            "RUNPOD_WEBHOOK_PING": f"{self.base}/ping/$RUNPOD_POD_ID?gpu=cpu",
+            "RUNPOD_POD_ID": "fake-worker",
+            "RUNPOD_AI_API_KEY": "fake-key",
+            "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+        }
+
+
+def run_worker(subprocess_env, tmp_path, jobs: list[dict], **env: str) -> tuple[FakeRunPod, str]:
+    """``python -m vv_worker.handler`` as on RunPod, until every job has its result; returns its whole log."""
+    import subprocess
+    import sys
+
+    fake = FakeRunPod(jobs)
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vv_worker.handler"],
+            env={**subprocess_env, **fake.env(), **env},
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 180
+        try:
+            while len(fake.done) < len(jobs) and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            fake.server.shutdown()
+    log = log_path.read_text()
+    assert len(fake.done) == len(jobs), log[-3000:]
+    return fake, log
+
+
+def assert_no_audio_in(log: str) -> None:
+    assert "audio_b64" not in log and "UklGR" not in log  # neither the field nor a WAV header in base64
+    assert not re.search(r"[A-Za-z0-9+/]{200,}", log), "a long base64 run reached the log"
+
+
+def test_worker_on_runpod_streams_fails_cleanly_and_logs_no_audio(subprocess_env, tmp_path):
+    jobs = [
+        {"id": "streamed", "input": {**LONG, "stream": True}},
+        {"id": "whole", "input": {"text": "Whole answer.", "seed": 1}},
+        {"id": "bad", "input": {"text": "", "stream": True}},
+    ]
+    # RUNPOD_LOG_LEVEL=DEBUG would print every output: the worker raises it to INFO and says so
+    fake, log = run_worker(subprocess_env, tmp_path, jobs, VV_STREAMING="true", RUNPOD_LOG_LEVEL="DEBUG")
+    assert_no_audio_in(log)
+    assert "would log job outputs (audio); using INFO" in log
+    streamed = [post["output"] for post in fake.stream["streamed"]]
+    assert streamed[-1]["done"] is True and streamed[-1]["chunks"] == len(streamed) - 1 > 2
+    assert fake.done["streamed"] == {"output": [streamed[-1]]}
+    (whole,) = fake.done["whole"]["output"]
+    assert wav_pcm(whole["audio_b64"]).size > 0
+    assert fake.done["bad"] == {
+        "error": "invalid input: text: text is empty after removing whitespace and control characters"
+    }
+
+
+def test_worker_on_runpod_without_streaming_logs_no_audio(subprocess_env, tmp_path):
+    jobs = [{"id": "one", "input": {"text": "Hello.", "seed": 1}}, {"id": "bad", "input": {"seed": -1, "text": "x"}}]
+    fake, log = run_worker(subprocess_env, tmp_path, jobs)  # RUNPOD_LOG_LEVEL unset: the SDK's default is DEBUG
+    assert_no_audio_in(log)
+    assert wav_pcm(fake.done["one"]["output"]["audio_b64"]).size > 0
+    assert fake.done["bad"]["error"].startswith("invalid input: seed:")

@@ -5,9 +5,8 @@ python -m vv_worker.handler --test_input '{"input": {"text": "Hello"}}'
 python -m vv_worker.handler --rp_serve_api --rp_api_port 8000
 
 A job's input is the worker's own request, or RunPod's OpenAI path (``openai_route`` + ``openai_input``,
-see :func:`openai_job`). On a streaming endpoint (``VV_STREAMING=true``) the handler is a generator that
-runs ahead of the SDK's posts, and :func:`post_streaming_job` replaces the SDK's per-job loop so the final
-output holds no audio chunks and failures end FAILED.
+see :func:`openai_job`). On a streaming endpoint (``VV_STREAMING=true``) the handler is an async generator
+that runs ahead of the SDK's posts and keeps audio chunks out of the job's final output (:func:`_tell_sdk`).
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ STREAM_CHUNK_SECONDS = 1.0  # streamed items after the first carry about this mu
 RUN_AHEAD_ITEMS = 32  # generation may run this many streamed items ahead of the SDK's posts
 OPENAI_ROUTES = ("/v1/audio/speech", "/v1/audio/voices", "/v1/models")
 _service: SynthesisService | None = None
+_sdk_config: dict[str, Any] = {}  # the dict given to runpod.serverless.start (the SDK keeps and reads it)
 
 
 def _progress_reporter(job: dict) -> ProgressCallback | None:
@@ -232,7 +232,8 @@ def handler(job: dict) -> dict[str, Any]:
 async def streaming_handler(job: dict) -> AsyncIterator[Any]:
     """The generator RunPod calls per job when VV_STREAMING=true (/stream gets each item as it is yielded).
 
-    Generation runs in its own thread, up to RUN_AHEAD_ITEMS items ahead of the SDK's posts.
+    Generation runs in its own thread, up to RUN_AHEAD_ITEMS items ahead of the SDK's posts. Before each
+    item the SDK's settings for it are set (see :func:`_tell_sdk`).
     """
     events = JobEvents.received(job)
     events.started()
@@ -243,48 +244,27 @@ async def streaming_handler(job: dict) -> AsyncIterator[Any]:
         service = _service
         async for item in RunAhead(lambda: stream_job(job, service), RUN_AHEAD_ITEMS).aiter():
             last = item
+            _tell_sdk(item)
             yield item
     events.done(last)
 
 
-def _aggregated(output: object) -> bool:
-    """What the final output of a streamed job keeps: everything but audio (chunks and SSE text)."""
-    return not isinstance(output, str) and not (isinstance(output, dict) and "chunk_index" in output)
+def _tell_sdk(item: object) -> None:
+    """Set what the runpod SDK reads from its start config for the item about to be yielded.
 
+    The SDK's per-job loop (``rp_job.handle_job``) reads ``return_aggregate_stream`` for each item, right
+    after the generator yields it and before any other code runs, and ``refresh_worker`` after the job:
 
-async def post_streaming_job(session: Any, config: dict, job: dict) -> None:
-    """The runpod SDK's per-job loop for a streaming endpoint (its ``jobs_handler`` hook), made to:
-
-    - post every item to /stream as it comes;
-    - keep only the items without audio in the final output (/runsync, /status): the summary, or the
-      whole response of a request that did not stream; so the final output stays far below RunPod's caps;
-    - end FAILED on ``{"error": ...}`` and stop the worker (``stopPod``) when the error says
-      ``refresh_worker``, as the SDK does for a non-streaming handler.
+    - only items without audio join the final output (/runsync, /status): the summary, or the whole
+      response of a request that did not stream, so the final output stays far below RunPod's caps;
+      chunks and SSE text still go to /stream as they come;
+    - a ``{"error": ..., "refresh_worker": true}`` item (a device fault) makes the SDK stop this worker after
+      the job. (The SDK itself ends a job FAILED on an ``{"error": ...}`` item, with the error as its message.)
     """
-    from runpod.serverless.modules import rp_http, rp_job
-
-    kept: list = []
-    result: dict[str, Any] = {"output": kept}
-    items = rp_job.run_job_generator(config["handler"], job)
-    try:
-        async for item in items:
-            if "error" in item:  # the SDK caught an exception from the generator: a bug; its traceback stays here
-                log.error("job %s: streaming handler raised: %s", job.get("id"), item["error"])
-                result = {"error": "internal error in the streaming handler; see the worker log"}
-                break
-            output = item.get("output")
-            if isinstance(output, dict) and output.get("error"):
-                result = {"error": str(output["error"])}
-                if output.get("refresh_worker"):
-                    result["stopPod"] = True
-                    config["refresh_worker"] = True  # the SDK's job scaler then stops this worker after the job
-                break
-            await rp_http.stream_result(session, item, job)
-            if _aggregated(output):
-                kept.append(output)
-    finally:
-        await items.aclose()
-    await rp_http.send_result(session, result, job, is_stream=True)
+    audio = isinstance(item, str) or (isinstance(item, dict) and "chunk_index" in item)
+    _sdk_config["return_aggregate_stream"] = not audio
+    if isinstance(item, dict) and item.get("error") and item.get("refresh_worker"):
+        _sdk_config["refresh_worker"] = True
 
 
 def quiet_sdk_logs() -> None:
@@ -325,10 +305,9 @@ def main() -> None:
     import runpod
 
     quiet_sdk_logs()
-    if settings.streaming:  # the SDK decides once, at start, whether the handler is a generator
-        runpod.serverless.start({"handler": streaming_handler, "jobs_handler": post_streaming_job})
-    else:
-        runpod.serverless.start({"handler": handler})
+    # the SDK decides once, at start, whether the handler is a generator
+    _sdk_config["handler"] = streaming_handler if settings.streaming else handler
+    runpod.serverless.start(_sdk_config)
 
 
 if __name__ == "__main__":
