@@ -38,11 +38,8 @@ def load_listen_settings(**overrides: object) -> ListenSettings:
     try:
         return ListenSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:
-        names = {"host": "VV_HOST", "port": "VV_PORT (or PORT)", "health_port": "PORT_HEALTH"}
-        problems = "; ".join(
-            f"{names.get(str(item['loc'][0]), item['loc'][0])}: {item['msg']} (got {item.get('input')!r})"
-            for item in error.errors()
-        )
+        # each problem is named by the variable it came from (VV_PORT or PORT, ...)
+        problems = "; ".join(f"{item['loc'][0]}: {item['msg']} (got {item.get('input')!r})" for item in error.errors())
         raise ConfigError(f"invalid configuration: {problems}") from None
 
 
