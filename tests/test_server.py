@@ -219,7 +219,8 @@ def test_docs_curl_examples_run(server, tmp_path):
     assert len(examples) >= 4
     for example in examples:
         script = example.replace("http://127.0.0.1:8000", server.base)
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, timeout=120)
+        command = ["bash", "-euo", "pipefail", "-c", script]
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=120)
         assert done.returncode == 0, (example, done.stderr.decode(errors="replace"))
     for name in ("hello.mp3", "hello.wav", "stream.pcm"):
         data = (tmp_path / name).read_bytes()
