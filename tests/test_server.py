@@ -94,9 +94,10 @@ def test_whole_file_in_every_format(client, response_format):
     level = float(np.sqrt(np.mean(samples**2)))
     expected_level = float(np.sqrt(np.mean(expected**2)))
     assert 0.5 < level / expected_level < 2.0, (response_format, level, expected_level)
-    assert response.response.headers["content-type"] == {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac"}[
-        response_format
-    ]
+    assert (
+        response.response.headers["content-type"]
+        == {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac"}[response_format]
+    )
 
 
 def test_streaming_response_arrives_while_generating(client):
