@@ -191,7 +191,9 @@ def test_concurrent_requests_are_all_served_and_ping_answers_meanwhile(client, s
     for thread in threads:
         thread.join()
     for seed, audio in expected.items():
-        np.testing.assert_array_equal(results[seed], audio)
+        # generated together, in one batch: the same audio as alone, within float rounding (a few LSB)
+        assert results[seed].shape == audio.shape
+        np.testing.assert_allclose(results[seed].astype(int), audio.astype(int), rtol=0, atol=4)
     assert pings and max(pings) < 1.0  # /ping is never stuck behind a generation
 
 

@@ -12,7 +12,6 @@ import asyncio
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -29,16 +28,13 @@ class RunAhead(Generic[T]):
     """Iterate ``make()`` in a daemon thread; iteration or ``aiter()`` hands its items over in order.
 
     An exception raised by the generator is raised again to the consumer, after the items before it.
-    ``guard`` (a lock, say) is held by the thread for the whole generation.
     """
 
-    def __init__(
-        self, make: Callable[[], Iterator[T]], depth: int = 8, guard: AbstractContextManager | None = None
-    ) -> None:
+    def __init__(self, make: Callable[[], Iterator[T]], depth: int = 8) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._done = False
-        self._thread = threading.Thread(target=self._run, args=(make, guard or nullcontext()), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(make,), daemon=True)
         self._thread.start()
 
     def _put(self, item: object) -> bool:
@@ -51,20 +47,17 @@ class RunAhead(Generic[T]):
                 continue
         return False
 
-    def _run(self, make: Callable[[], Iterator[T]], guard: AbstractContextManager) -> None:
+    def _run(self, make: Callable[[], Iterator[T]]) -> None:
         try:
-            with guard:
-                if self._stop.is_set():
-                    return
-                items = make()
-                try:
-                    for item in items:
-                        if not self._put(item):
-                            return
-                finally:
-                    close = getattr(items, "close", None)
-                    if close is not None:
-                        close()  # a generator stops here, in the thread that ran it
+            items = make()
+            try:
+                for item in items:
+                    if not self._put(item):
+                        return
+            finally:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()  # a generator stops here, in the thread that ran it
         except BaseException as error:  # handed to the consumer, which decides what it means
             self._put(_Raised(error))
             return

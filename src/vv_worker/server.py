@@ -44,9 +44,10 @@ def load_listen_settings(**overrides: object) -> ListenSettings:
 
 
 def check_streaming_engine(settings: Settings) -> None:
-    if settings.engine == "reference":
+    """The HTTP server streams every response and serves requests together: it needs the fast engine."""
+    if settings.engine not in ("auto", "fast"):
         raise ConfigError(
-            "VV_ENGINE=reference cannot stream, and the HTTP server streams every response; use fast or auto"
+            f"VV_ENGINE={settings.engine} cannot stream, and the HTTP server streams every response; use fast or auto"
         )
 
 

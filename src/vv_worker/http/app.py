@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,9 +29,6 @@ log = logging.getLogger("vv_worker.server")
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a request with a 60 s reference in base64 WAV is about 4 MB
 RUN_AHEAD_CHUNKS = 8  # generation may run this many audio frames (about 1 s) ahead of a slow client
-
-# One generation at a time: the engine is not yet safe to call from several threads.
-ENGINE_LOCK = threading.Lock()  # until the batched engine lands
 
 
 @dataclass
@@ -113,7 +109,8 @@ def create_app(state: ServerState) -> FastAPI:
         speech_request = parse_speech(await _read_json(request), service.engine.model_id)
         request_id = f"http-{uuid.uuid4().hex[:12]}"
         events = JobEvents.received({"id": request_id, "input": speech_request.worker_payload()})
-        ahead = RunAhead(lambda: speech_chunks(service, speech_request), RUN_AHEAD_CHUNKS, guard=ENGINE_LOCK)
+        # each request runs in its own thread; the engine batches the generations of concurrent requests
+        ahead = RunAhead(lambda: speech_chunks(service, speech_request), RUN_AHEAD_CHUNKS)
         items = ahead.aiter()
         try:
             first = await anext(items)  # bad input fails here, before any byte: a clean 4xx
