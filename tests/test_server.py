@@ -206,6 +206,11 @@ def test_a_client_that_leaves_mid_stream_does_not_block_the_next(client, server)
     assert pcm_of(client, "Next.").size > 0
     assert time.perf_counter() - started < 60
     assert server.process.poll() is None
+    # the server noticed and stopped that generation (one "failed" line for it in the request log)
+    deadline = time.monotonic() + 20
+    while '"error":"the client disconnected; generation stopped"' not in server.log_tail(20000):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
 
 
 # ------------------------------------------------------- docs/API.md's curl

@@ -111,62 +111,82 @@ def create_app(state: ServerState) -> FastAPI:
         events = JobEvents.received({"id": request_id, "input": speech_request.worker_payload()})
         # each request runs in its own thread; the engine batches the generations of concurrent requests
         ahead = RunAhead(lambda: speech_chunks(service, speech_request), RUN_AHEAD_CHUNKS)
-        items = ahead.aiter()
+        run = _Run(ahead, ahead.aiter(), events, request_id, state)
         try:
-            first = await anext(items)  # bad input fails here, before any byte: a clean 4xx
+            first = await anext(run.items)  # bad input fails here, before any byte: a clean 4xx
         except Exception as error:
-            await items.aclose()
-            failure = _speech_error(error, request_id, state)
-            events.done({"error": failure.message})
+            failure = run.fail(error)
             return JSONResponse(failure.body(), status_code=failure.status)
+        except BaseException:  # cancelled: the client left while we waited for the first chunk
+            run.stop()
+            raise
         events.started()
         if speech_request.stream_format == "sse":
-            body = _sse(first, items, events, request_id, state)
-            return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        body = _audio(first, items, events, request_id, state)
-        return StreamingResponse(body, media_type=SPEECH_FORMATS[speech_request.response_format].mime_type)
+            headers = {"Cache-Control": "no-cache"}
+            return StreamingResponse(_sse(first, run), media_type="text/event-stream", headers=headers)
+        media_type = SPEECH_FORMATS[speech_request.response_format].mime_type
+        return StreamingResponse(_audio(first, run), media_type=media_type)
 
     return app
 
 
-async def _audio(
-    first: Chunk | Done, items: AsyncIterator, events: JobEvents, request_id: str, state: ServerState
-) -> AsyncIterator[bytes]:
+@dataclass
+class _Run:
+    """One speech request in flight: its generation thread, its items, its log events."""
+
+    ahead: RunAhead
+    items: AsyncIterator
+    events: JobEvents
+    request_id: str
+    state: ServerState
+    ended: bool = False
+
+    def done(self, summary: dict) -> None:
+        self.ended = True
+        self.events.done(summary)
+
+    def fail(self, error: Exception) -> SpeechError:
+        failure = _speech_error(error, self.request_id, self.state)
+        self.ended = True
+        self.ahead.close()
+        self.events.done({"error": failure.message})
+        return failure
+
+    def stop(self) -> None:
+        """The client went away: stop generating (no await: this also runs while the task is cancelled)."""
+        self.ahead.close()
+        if not self.ended:
+            self.ended = True
+            self.events.done({"error": "the client disconnected; generation stopped"})
+
+
+async def _audio(first: Chunk | Done, run: _Run) -> AsyncIterator[bytes]:
     """Raw audio bytes, chunked as generated. A failure mid-way aborts the connection (never a short file)."""
     try:
         item = first
-        while True:
-            if isinstance(item, Done):
-                events.done(item.summary)
-                return
+        while not isinstance(item, Done):
             if item.data:
                 yield item.data
-            item = await anext(items)
+            item = await anext(run.items)
+        run.done(item.summary)
     except Exception as error:
-        failure = _speech_error(error, request_id, state)
-        events.done({"error": failure.message})
+        run.fail(error)
         raise
     finally:
-        await items.aclose()
+        run.stop()
 
 
-async def _sse(
-    first: Chunk | Done, items: AsyncIterator, events: JobEvents, request_id: str, state: ServerState
-) -> AsyncIterator[str]:
+async def _sse(first: Chunk | Done, run: _Run) -> AsyncIterator[str]:
     """OpenAI's speech events: ``speech.audio.delta`` (base64 audio) per chunk, then ``speech.audio.done``."""
     try:
         item = first
-        while True:
-            if isinstance(item, Done):
-                events.done(item.summary)
-                yield sse_event({"type": "speech.audio.done", "usage": item.usage})
-                return
+        while not isinstance(item, Done):
             if item.data:
                 yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(item.data).decode("ascii")})
-            item = await anext(items)
+            item = await anext(run.items)
+        run.done(item.summary)
+        yield sse_event({"type": "speech.audio.done", "usage": item.usage})
     except Exception as error:
-        failure = _speech_error(error, request_id, state)
-        events.done({"error": failure.message})
-        yield sse_event({"type": "error", **failure.body()})
+        yield sse_event({"type": "error", **run.fail(error).body()})
     finally:
-        await items.aclose()
+        run.stop()
