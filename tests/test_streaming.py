@@ -30,6 +30,12 @@ def pcm(chunks: list[dict]) -> np.ndarray:
     return np.concatenate([np.frombuffer(base64.b64decode(c["audio_b64"]), dtype="<i2") for c in chunks])
 
 
+def assert_same_audio(a: np.ndarray, b: np.ndarray) -> None:
+    """Two generations of one request: the same samples, but for float rounding when they shared a batch."""
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a.astype(int), b.astype(int), rtol=0, atol=4)
+
+
 def wav_pcm(audio_b64: str) -> np.ndarray:
     samples, rate = sf.read(io.BytesIO(base64.b64decode(audio_b64)), dtype="int16")
     assert rate == 24000
@@ -53,7 +59,7 @@ def test_stream_groups_chunks_first_at_once_then_about_a_second(service):
     elapsed = [c["elapsed_seconds"] for c in chunks]
     assert elapsed == sorted(elapsed) and 0 < summary["metrics"]["first_audio_seconds"] <= elapsed[0]
     whole = handle_job({"id": "w", "input": LONG}, service)
-    np.testing.assert_array_equal(pcm(chunks), wav_pcm(whole["audio_b64"]))
+    assert_same_audio(pcm(chunks), wav_pcm(whole["audio_b64"]))
 
 
 def test_a_stream_closed_midway_leaves_the_engine_usable(service):
@@ -239,7 +245,7 @@ def test_openai_route_sse_streams_events_of_about_a_second(service, monkeypatch)
     assert sizes[0] == SAMPLES_PER_FRAME and all(s == FRAMES_PER_GROUP * SAMPLES_PER_FRAME for s in sizes[1:-1])
     audio = np.frombuffer(b"".join(base64.b64decode(e["audio"]) for e in deltas), dtype="<i2")
     whole = handle_job({"input": LONG}, service)
-    np.testing.assert_array_equal(audio, wav_pcm(whole["audio_b64"]))
+    assert_same_audio(audio, wav_pcm(whole["audio_b64"]))
     assert done["usage"]["output_tokens"] * SAMPLES_PER_FRAME == audio.size
     assert posts.done == [{"output": []}]  # text events are audio too: not kept
 
@@ -307,7 +313,7 @@ def test_stream_route_returns_every_chunk(streaming_server):
     assert summary["done"] is True and summary["chunks"] == len(chunks) > 1
     whole = post(f"{streaming_server}/runsync", {"input": LONG})
     assert whole["status"] == "COMPLETED" and isinstance(whole["output"], list) and len(whole["output"]) == 1
-    np.testing.assert_array_equal(pcm(chunks), wav_pcm(whole["output"][0]["audio_b64"]))
+    assert_same_audio(pcm(chunks), wav_pcm(whole["output"][0]["audio_b64"]))
 
 
 def test_client_streams_to_a_wav_equal_to_the_whole_result(streaming_server, tmp_path):
@@ -318,7 +324,7 @@ def test_client_streams_to_a_wav_equal_to_the_whole_result(streaming_server, tmp
     whole = client.synthesize(LONG, mode="runsync")
     a = save_stream(streamed["chunks"], tmp_path / "streamed.wav")
     b = save_audio(whole, tmp_path / "whole.wav")
-    np.testing.assert_array_equal(sf.read(a, dtype="int16")[0], sf.read(b, dtype="int16")[0])
+    assert_same_audio(sf.read(a, dtype="int16")[0], sf.read(b, dtype="int16")[0])
 
 
 # --------------------------- the real SDK worker loop against a fake RunPod

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..schema import SPEED_RANGE
+from .. import limits
 
 OPENAI_MODEL_NAMES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 SPEECH_FIELDS_TO_WORKER = {  # OpenAI field -> the worker request's field
@@ -46,7 +46,7 @@ class SpeechRequest(BaseModel):
     input: str
     voice: str | None = Field(None, min_length=1, max_length=128)
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1])
+    speed: limits.SPEED.annotated() = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
     instructions: str | None = None
     # extensions, validated by the worker's own request model
@@ -119,7 +119,8 @@ def parse_speech(body: object, served_model: str) -> SpeechRequest:
                 messages.append(f"{loc}: required field is missing")
             else:
                 shown = repr(item.get("input"))
-                messages.append(f"{loc}: {item['msg']} (got {shown[:57] + '...' if len(shown) > 60 else shown})")
+                allowed = f"; allowed: {limits.SPEED.allowed}" if loc == "speed" else ""
+                messages.append(f"{loc}: {item['msg']} (got {shown[:57] + '...' if len(shown) > 60 else shown}){allowed}")
         raise SpeechError("invalid request: " + "; ".join(messages), param) from None
     if request.model not in model_ids(served_model):
         raise SpeechError(

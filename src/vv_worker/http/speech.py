@@ -64,7 +64,6 @@ def speech_chunks(service: SynthesisService, request: SpeechRequest) -> Iterator
 
 
 def usage(service: SynthesisService, text: str, summary: dict) -> dict:
-    tokenizer = service.engine.loaded.processor.tokenizer
-    input_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    input_tokens = service.count_tokens(text)
     output_tokens = int(summary.get("metrics", {}).get("frames", 0))
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
