@@ -119,8 +119,9 @@ def parse_speech(body: object, served_model: str) -> SpeechRequest:
                 messages.append(f"{loc}: required field is missing")
             else:
                 shown = repr(item.get("input"))
+                shown = shown[:57] + "..." if len(shown) > 60 else shown
                 allowed = f"; allowed: {limits.SPEED.allowed}" if loc == "speed" else ""
-                messages.append(f"{loc}: {item['msg']} (got {shown[:57] + '...' if len(shown) > 60 else shown}){allowed}")
+                messages.append(f"{loc}: {item['msg']} (got {shown}){allowed}")
         raise SpeechError("invalid request: " + "; ".join(messages), param) from None
     if request.model not in model_ids(served_model):
         raise SpeechError(
