@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # vv-worker: VibeVoice TTS as a RunPod Serverless worker. Build with deploy/build.sh (see docs/DEPLOY.md).
+# One image, two modes: VV_MODE=queue (default: the RunPod handler, /run and /runsync) or VV_MODE=http
+# (the OpenAI-compatible server on $PORT, for load-balancing endpoints).
 #
 #   docker buildx build -t IMAGE .                                   # model loaded at start (cache/volume/hub)
 #   docker buildx build --build-arg BAKE_MODEL=1 \
@@ -18,10 +20,17 @@ ARG MODEL_REVISION=main
 # URL of a prebuilt flash-attn wheel matching this image's python/torch/CUDA; empty = sdpa attention
 ARG FLASH_ATTN_WHEEL=
 
+# RUNPOD_LOG_LEVEL: the SDK's default, DEBUG, would log every job output (audio included)
+# VV_JOB_TIMEOUT: below RunPod's default execution timeout (600 s), so a long job ends with the worker's
+# own clean error instead of being killed; raise both together (docs/DEPLOY.md)
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/home/worker/.cache/huggingface \
-    VV_VOICES_DIR=/app/voices
+    VV_VOICES_DIR=/app/voices \
+    VV_MODE=queue \
+    VV_HOST=0.0.0.0 \
+    VV_JOB_TIMEOUT=570 \
+    RUNPOD_LOG_LEVEL=INFO
 
 WORKDIR /app
 
@@ -42,6 +51,10 @@ RUN --mount=type=secret,id=hf_token,required=false \
         echo "BAKE_MODEL=$BAKE_MODEL: the model is not baked; the worker finds it at start (docs/DEPLOY.md)"; \
     fi
 
+# a tiny random-weight VibeVoice (a few MB) for smoke tests such as .runpod/tests.json: VV_MODEL=/app/models/tiny
+COPY scripts/make_tiny_model.py ./scripts/make_tiny_model.py
+RUN python scripts/make_tiny_model.py /app/models/tiny
+
 # 3. the voice library, checked against the manifest's sha256
 COPY voices/manifest.json ./voices/manifest.json
 COPY scripts/fetch_voices.py ./scripts/fetch_voices.py
@@ -56,4 +69,6 @@ RUN bash scripts/docker/install.sh package
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin worker
 USER worker
 
-CMD ["python", "-m", "vv_worker.handler"]
+# the HTTP mode listens here (RunPod's PORT / PORT_HEALTH override it)
+EXPOSE 8000
+CMD ["python", "-m", "vv_worker"]

@@ -31,7 +31,11 @@ SCRIPT_TESTS = {
     "scripts/docker/install.sh": "tests/test_deploy_files.py",
     "scripts/download_model.py": "tests/test_download_model.py",
     "scripts/fetch_voices.py": "tests/test_fetch_voices.py",
+    "scripts/make_tiny_model.py": "tests/conftest.py",
 }
+IMAGE_CUDA = (12, 8)  # the base image's CUDA: hosts whose driver supports it or anything newer can run it
+RUNPOD_DEFAULT_EXECUTION_TIMEOUT_S = 600
+TINY_IN_IMAGE = "/app/models/tiny"
 BIG_GPU_POOLS = {"AMPERE_48", "ADA_48_PRO", "AMPERE_80", "ADA_80_PRO", "HOPPER_141"}
 
 
@@ -106,7 +110,7 @@ def test_dockerfile_runs_only_scripts_that_exist_and_are_tested():
 def test_dockerfile_cmd_user_and_secret_mount():
     instructions = [text for _, text in checker.instructions(DOCKERFILE)]
     cmd = [text for text in instructions if text.startswith("CMD ")]
-    assert len(cmd) == 1 and json.loads(cmd[0][4:]) == ["python", "-m", "vv_worker.handler"]
+    assert len(cmd) == 1 and json.loads(cmd[0][4:]) == ["python", "-m", "vv_worker"]  # VV_MODE picks the mode
     assert not any(text.startswith("ENTRYPOINT") for text in instructions)
     users = [text for text in instructions if text.startswith("USER ")]
     assert users and users[-1] not in ("USER root", "USER 0")
@@ -134,8 +138,15 @@ def test_install_script_dry_run(tmp_path):
     script = str(REPO / "scripts" / "docker" / "install.sh")
     deps = subprocess.run(["bash", script, "deps"], env=env, capture_output=True, text=True, timeout=60)
     assert deps.returncode == 0, deps.stderr
-    assert "pip install --no-cache-dir runpod\\>=1.10.1" in deps.stdout and "transformers\\>=5.24" in deps.stdout
+    assert "pip install --no-cache-dir runpod\\>=1.12.0" in deps.stdout and "transformers\\>=5.24" in deps.stdout
     assert "--no-deps https://example.invalid/flash_attn.whl" in deps.stdout
+    # flash-attn's own dependency, then the very imports transformers makes for flash_attention_2
+    lines = deps.stdout.splitlines()
+    wheel = next(i for i, line in enumerate(lines) if "flash_attn.whl" in line)
+    assert "einops" in lines[wheel + 1]
+    check = lines[wheel + 2].replace("\\", "")  # printf %q escapes
+    assert "from flash_attn import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache;" in check
+    assert "from flash_attn.bert_padding import pad_input, unpad_input;" in check
     no_wheel = subprocess.run(
         ["bash", script, "deps"], env={**env, "FLASH_ATTN_WHEEL": ""}, capture_output=True, text=True
     )
@@ -197,37 +208,143 @@ def test_hub_json():
 
 
 def test_tests_json_inputs_are_valid_requests():
+    from vv_worker.http.openai import parse_speech
+
     tests = json.loads((REPO / ".runpod" / "tests.json").read_text())
     assert tests["tests"]
+    voices = {v["name"] for v in json.loads((REPO / "voices" / "manifest.json").read_text())["voices"]}
     for test in tests["tests"]:
         assert test["name"] and test["timeout"] >= 60_000
-        request = parse_request(test["input"], max_text_chars=5000)
-        assert request.text
-        if request.voice:
-            manifest = json.loads((REPO / "voices" / "manifest.json").read_text())
-            assert request.voice in {v["name"] for v in manifest["voices"]}
+        job_input = test["input"]
+        if "openai_route" in job_input:
+            request = parse_speech(job_input["openai_input"], TINY_IN_IMAGE)
+            assert request.voice in voices
+        elif job_input.get("action") == "list_voices":
+            assert set(job_input) == {"action"}
+        else:
+            request = parse_request(job_input, max_text_chars=5000)
+            assert request.text and (request.voice is None or request.voice in voices)
     config = tests["config"]
     assert config["gpuTypeId"] and config["gpuCount"] == 1
     assert all({"key", "value"} <= set(e) for e in config.get("env", []))
+    # the Hub's test must not download the 7B (19 GB, no cache there): it runs the tiny model the image bakes
+    env = {e["key"]: e["value"] for e in config["env"]}
+    assert env["VV_MODEL"] == TINY_IN_IMAGE
+    assert f"RUN python scripts/make_tiny_model.py {TINY_IN_IMAGE}" in DOCKERFILE
 
 
-def test_template_has_no_secrets_and_valid_settings():
-    template = json.loads((REPO / "deploy" / "runpod-template.json").read_text())
+@pytest.mark.parametrize("path", [".runpod/hub.json", ".runpod/tests.json"])
+def test_cuda_versions_let_newer_drivers_in(path):
+    data = json.loads((REPO / path).read_text())
+    versions = data["config"]["allowedCudaVersions"]
+    parsed = [tuple(int(x) for x in v.split(".")) for v in versions]
+    assert all(v >= IMAGE_CUDA for v in parsed)  # none the image cannot run on
+    assert (13, 0) in parsed and IMAGE_CUDA in parsed  # CUDA 13 hosts are not shut out
+
+
+def test_hub_offers_both_modes():
+    hub = json.loads((REPO / ".runpod" / "hub.json").read_text())
+    modes = {preset["defaults"].get("VV_MODE") for preset in hub["config"]["presets"]}
+    assert modes == {"queue", "http"}
+    mode = next(e for e in hub["config"]["env"] if e["key"] == "VV_MODE")["input"]
+    assert {o["value"] for o in mode["options"]} == {"queue", "http"}
+
+
+@pytest.mark.parametrize(("name", "mode"), [("runpod-template.json", "queue"), ("runpod-template-http.json", "http")])
+def test_template_has_no_secrets_and_valid_settings(name, mode):
+    template = json.loads((REPO / "deploy" / name).read_text())
+    assert template["env"]["VV_MODE"] == mode
+    if mode == "http":
+        port = template["env"]["PORT"]
+        assert template["ports"] == [f"{port}/http"] and template["env"]["PORT_HEALTH"] == port
     for key in ("name", "imageName", "isServerless", "containerDiskInGb", "env"):
         assert key in template, key
     assert template["isServerless"] is True and template["volumeInGb"] == 0
     for key, value in template["env"].items():
         assert not re.search(r"(?i)(token|secret|passw|api_?key)", key), key
         assert not re.search(r"\b(hf|rpa)_[A-Za-z0-9]{8,}", value), key
-    vv = {k[3:].lower(): v for k, v in template["env"].items() if k.startswith("VV_")}
+    vv = {k[3:].lower(): v for k, v in template["env"].items() if k.startswith("VV_") and k != "VV_MODE"}
     load_settings(**{**vv, "voices_dir": "voices"})
     assert int(template["env"]["RUNPOD_INIT_TIMEOUT"]) > 420
+    assert template["env"]["RUNPOD_LOG_LEVEL"] == "INFO"
+    assert float(template["env"]["VV_JOB_TIMEOUT"]) < RUNPOD_DEFAULT_EXECUTION_TIMEOUT_S
 
 
-def test_runpod_pin_and_deploy_doc():
+def test_image_environment_keeps_audio_out_of_logs_and_jobs_inside_the_platform_timeout():
+    env = dict(
+        re.findall(
+            r"\b([A-Z_]+)=(\S+)", " ".join(t for _, t in checker.instructions(DOCKERFILE) if t.startswith("ENV "))
+        )
+    )
+    assert env["RUNPOD_LOG_LEVEL"] == "INFO" and env["VV_MODE"] == "queue" and env["VV_HOST"] == "0.0.0.0"
+    assert "VV_PORT" not in env  # RunPod's PORT must win on load-balancing endpoints
+    # the worker's own time limit ends a job with a clean error before RunPod's default execution timeout kills it
+    assert float(env["VV_JOB_TIMEOUT"]) <= RUNPOD_DEFAULT_EXECUTION_TIMEOUT_S - 30
+    hub_env = {e["key"]: e["input"] for e in json.loads((REPO / ".runpod" / "hub.json").read_text())["config"]["env"]}
+    assert float(hub_env["VV_JOB_TIMEOUT"]["default"]) == float(env["VV_JOB_TIMEOUT"])
+
+
+def _floor(pyproject: str, name: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.search(rf'"{name}>=([\d.]+)', pyproject).group(1).split("."))
+
+
+def test_dependency_floors_and_deploy_doc():
+    import tomllib
+
     pyproject = (REPO / "pyproject.toml").read_text()
-    pin = re.search(r'"runpod>=([\d.]+)', pyproject).group(1)
-    assert tuple(int(x) for x in pin.split(".")) >= (1, 10, 1)
+    assert _floor(pyproject, "runpod") >= (1, 12, 0)  # rp_ssrf.safe_get, which reference_audio_url needs
+    from runpod.serverless.utils import rp_ssrf
+
+    assert callable(rp_ssrf.safe_get)
+    assert _floor(pyproject, "torch") >= (2, 6)  # transformers 5.24 needs torch >= 2.6 and python >= 3.11
+    assert tomllib.loads(pyproject)["project"]["requires-python"] == ">=3.11"
     doc = (REPO / "docs" / "DEPLOY.md").read_text()
-    for needle in ("RUNPOD_INIT_TIMEOUT", "runpod >= 1.10.1", "BAKE_MODEL", "--secret id=hf_token", "/runpod-volume"):
+    for needle in (
+        "RUNPOD_INIT_TIMEOUT",
+        "runpod >= 1.12.0",
+        "BAKE_MODEL",
+        "--secret id=hf_token",
+        "/runpod-volume",
+        "VV_MODE=http",
+        "Execution Timeout",
+        "VV_JOB_TIMEOUT",
+        "RUNPOD_LOG_LEVEL",
+        "einops",
+    ):
         assert needle in doc, needle
+
+
+def test_image_command_starts_either_mode(subprocess_env, tmp_path):
+    from api_server import free_port
+
+    wrong = subprocess.run(
+        [sys.executable, "-m", "vv_worker"], env={**subprocess_env, "VV_MODE": "both"}, capture_output=True, text=True
+    )
+    assert wrong.returncode == 2 and "VV_MODE: Input should be 'queue' or 'http' (got 'both')" in wrong.stderr
+    queue = subprocess.run(
+        [sys.executable, "-m", "vv_worker", "--test_input", json.dumps({"input": {"text": "Hi.", "seed": 1}})],
+        env={**subprocess_env, "VV_MODE": "queue"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert queue.returncode == 0 and "Job result" in queue.stdout + queue.stderr, queue.stderr[-2000:]
+    port = free_port()
+    http = subprocess.Popen(
+        [sys.executable, "-m", "vv_worker"], env={**subprocess_env, "VV_MODE": "http", "PORT": str(port)}
+    )
+    try:
+        import time
+        import urllib.request
+
+        deadline, status = time.monotonic() + 180, None
+        while status != 200 and time.monotonic() < deadline and http.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
+                    status = response.status
+            except OSError:
+                time.sleep(0.3)
+        assert status == 200  # RunPod's PORT, as a load-balancing endpoint sets it
+    finally:
+        http.terminate()
+        http.wait(timeout=30)

@@ -5,9 +5,11 @@
 #   bash scripts/docker/install.sh deps      # runtime dependencies from pyproject.toml (+ flash-attn wheel)
 #   bash scripts/docker/install.sh package   # the package itself, without touching dependencies
 #
-# torch comes from the base image (a CUDA 12 build); pip keeps it because it satisfies "torch>=2.4".
+# torch comes from the base image (a CUDA 12 build); pip keeps it because it satisfies "torch>=2.6".
 # flash-attention is installed only from a prebuilt wheel given in FLASH_ATTN_WHEEL (a URL or path
-# matching the image's python, torch and CUDA); without one the worker uses sdpa.
+# matching the image's python, torch and CUDA); without one the worker uses sdpa. The wheel goes in with
+# --no-deps (so it cannot replace torch), then its one runtime dependency, einops, and the build checks the
+# imports transformers makes for flash_attention_2 (flash_attn's functions and flash_attn.bert_padding).
 # VV_INSTALL_DRY_RUN=1 prints the commands instead of running them (used by the tests).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,7 +38,8 @@ case "$STEP" in
     run "$PYTHON" -c "import sys, torch; print('after install: torch', torch.__version__, '| CUDA build', torch.version.cuda); sys.exit(torch.version.cuda is None)"
     if [ -n "${FLASH_ATTN_WHEEL:-}" ]; then
       run "$PYTHON" -m pip install --no-cache-dir --no-deps "$FLASH_ATTN_WHEEL"
-      run "$PYTHON" -c "import flash_attn; print('flash-attn', flash_attn.__version__)"
+      run "$PYTHON" -m pip install --no-cache-dir "einops>=0.7"
+      run "$PYTHON" -c "import flash_attn; from flash_attn import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache; from flash_attn.bert_padding import pad_input, unpad_input; print('flash-attn', flash_attn.__version__, '(the imports transformers makes for flash_attention_2)')"
     else
       echo "install.sh: no FLASH_ATTN_WHEEL given; the worker will use sdpa attention"
     fi

@@ -1,24 +1,32 @@
-"""RunPod glue: load once at cold start, then validate -> synthesize -> output or ``{"error": ...}``.
+"""RunPod glue (queue mode): load once at cold start, then validate -> synthesize -> output or ``{"error": ...}``.
 
 python -m vv_worker.handler                       # the serverless worker
 python -m vv_worker.handler --test_input '{"input": {"text": "Hello"}}'
 python -m vv_worker.handler --rp_serve_api --rp_api_port 8000
+
+A job's input is the worker's own request, or RunPod's OpenAI path (``openai_route`` + ``openai_input``,
+see :func:`openai_job`). On a streaming endpoint (``VV_STREAMING=true``) the handler is an async generator
+that runs ahead of the SDK's posts and keeps audio chunks out of the job's final output (:func:`_tell_sdk`).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from .ahead import RunAhead
 from .audio import AudioError
 from .config import ConfigError, load_settings
 from .engine.base import EngineError, ProgressCallback
 from .fitness import FitnessError, check_gpu, register_fitness_checks
+from .http.encoders import SAMPLE_RATE, SPEECH_FORMATS
+from .http.openai import SpeechError, models_list, parse_speech, sse_event
 from .joblog import JobEvents, install_json_handler
 from .provision import ProvisionError
 from .schema import RequestError
@@ -28,7 +36,11 @@ from .voices import VoiceError
 log = logging.getLogger("vv_worker")
 
 PROGRESS_INTERVAL_S = 1.0
+STREAM_CHUNK_SECONDS = 1.0  # streamed items after the first carry about this much audio each
+RUN_AHEAD_ITEMS = 32  # generation may run this many streamed items ahead of the SDK's posts
+OPENAI_ROUTES = ("/v1/audio/speech", "/v1/audio/voices", "/v1/models")
 _service: SynthesisService | None = None
+_sdk_config: dict[str, Any] = {}  # the dict given to runpod.serverless.start (the SDK keeps and reads it)
 
 
 def _progress_reporter(job: dict) -> ProgressCallback | None:
@@ -48,30 +60,140 @@ def _progress_reporter(job: dict) -> ProgressCallback | None:
     return report
 
 
+def _job_input(job: object) -> object:
+    return job.get("input") if isinstance(job, dict) else None
+
+
+def _is_openai(job_input: object) -> bool:
+    return isinstance(job_input, dict) and ("openai_route" in job_input or "openai_input" in job_input)
+
+
 def handle_job(job: dict, service: SynthesisService) -> dict[str, Any]:
     """Run one job; every failure becomes ``{"error": message}`` and the worker carries on."""
-    job_input = job.get("input") if isinstance(job, dict) else None
+    job_input = _job_input(job)
     try:
+        if _is_openai(job_input):
+            return next(openai_job(job_input, service, streaming=False))
         return service.handle(job_input, on_progress=_progress_reporter(job))
     except Exception as error:  # the worker must survive any single job
         return error_output(error, job)
 
 
-def stream_job(job: dict, service: SynthesisService) -> Iterator[dict[str, Any]]:
-    """A streaming endpoint's job: chunks, then a summary; a failure ends it with ``{"error": ...}``."""
-    job_input = job.get("input") if isinstance(job, dict) else None
+def stream_job(job: dict, service: SynthesisService) -> Iterator[Any]:
+    """A streaming endpoint's job: chunks (the first at once, then about a second each), then a summary.
+
+    A failure ends it with ``{"error": ...}`` (plus ``refresh_worker`` after a device fault).
+    """
+    job_input = _job_input(job)
     try:
-        if isinstance(job_input, dict) and job_input.get("action") == "list_voices":
+        if _is_openai(job_input):
+            yield from openai_job(job_input, service, streaming=True)
+        elif isinstance(job_input, dict) and job_input.get("action") == "list_voices":
             yield service.handle(job_input)
         else:
-            yield from service.stream(job_input, on_progress=_progress_reporter(job))
+            yield from group_chunks(service.stream(job_input, on_progress=_progress_reporter(job)))
     except Exception as error:
         yield error_output(error, job)
 
 
+def group_chunks(items: Iterator[dict], seconds: float = STREAM_CHUNK_SECONDS) -> Iterator[dict]:
+    """Join the service's per-frame chunks: the first alone (lowest latency), then ``seconds`` of audio each.
+
+    Other items (the summary) pass through; the summary's ``chunks`` counts the joined chunks.
+    """
+    pending: list[dict] = []
+    index = 0
+
+    def joined() -> dict:
+        pcm = b"".join(base64.b64decode(chunk["audio_b64"]) for chunk in pending)
+        first, last = pending[0], pending[-1]
+        return {
+            **first,
+            "chunk_index": index,
+            "audio_b64": base64.b64encode(pcm).decode("ascii"),
+            "samples": sum(chunk["samples"] for chunk in pending),
+            "elapsed_seconds": last["elapsed_seconds"],
+        }
+
+    for item in items:
+        if "chunk_index" not in item:
+            if pending:
+                yield joined()
+                index, pending = index + 1, []
+            yield {**item, "chunks": index} if item.get("done") else item
+            continue
+        pending.append(item)
+        if index == 0 or sum(chunk["samples"] for chunk in pending) >= seconds * item["sample_rate"]:
+            yield joined()
+            index, pending = index + 1, []
+
+
+def openai_job(job_input: dict, service: SynthesisService, *, streaming: bool) -> Iterator[Any]:
+    """RunPod's OpenAI path for queue endpoints: ``{"openai_route": "/v1/...", "openai_input": {...}}``.
+
+    ``/v1/audio/speech`` takes the HTTP server's request (docs/API.md). ``stream_format: "sse"`` (streaming
+    endpoints only) yields OpenAI's server-sent events as text, about a second of audio each; ``"audio"``
+    yields one object with the whole file as ``audio_b64`` (RunPod's outputs are JSON, not raw bytes).
+    ``/v1/models`` and ``/v1/audio/voices`` yield the HTTP server's answers.
+    """
+    from .http.speech import Chunk, speech_chunks
+
+    extra = sorted(set(job_input) - {"openai_route", "openai_input"})
+    if extra:
+        raise RequestError(f"invalid input: with openai_route, no other fields are allowed, got {', '.join(extra)}")
+    route = job_input.get("openai_route")
+    if route == "/v1/models":
+        yield models_list(service.engine.model_id, int(time.time()))
+        return
+    if route == "/v1/audio/voices":
+        yield service.list_voices()
+        return
+    if route != "/v1/audio/speech":
+        raise RequestError(
+            f"invalid input: openai_route: {route!r} is not served here; routes: {', '.join(OPENAI_ROUTES)}"
+        )
+    request = parse_speech(job_input.get("openai_input"), service.engine.model_id)
+    if request.stream_format == "sse" and not streaming:
+        raise RequestError(
+            "invalid input: stream_format: sse needs a streaming endpoint; set VV_STREAMING=true on the endpoint "
+            "or ask for stream_format audio"
+        )
+    pending, pending_samples, sent = bytearray(), 0, 0
+    whole = bytearray()
+    limit = service.settings.max_inline_bytes
+    for item in speech_chunks(service, request):
+        if not isinstance(item, Chunk):
+            if request.stream_format == "sse":
+                if pending:
+                    yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(pending).decode("ascii")})
+                yield sse_event({"type": "speech.audio.done", "usage": item.usage})
+            else:
+                yield {
+                    "audio_b64": base64.b64encode(whole).decode("ascii"),
+                    "format": request.response_format,
+                    "mime_type": SPEECH_FORMATS[request.response_format].mime_type,
+                    "usage": item.usage,
+                }
+            return
+        if request.stream_format == "sse":
+            pending += item.data
+            pending_samples += item.samples
+            if pending and (sent == 0 or pending_samples >= STREAM_CHUNK_SECONDS * SAMPLE_RATE):
+                yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(pending).decode("ascii")})
+                pending, pending_samples, sent = bytearray(), 0, sent + 1
+        else:
+            whole += item.data
+            if len(whole) > limit:
+                raise RequestError(
+                    f"the {request.response_format} audio passed {limit:,} bytes (VV_MAX_INLINE_BYTES), more than a "
+                    "queue job returns inline; ask for stream_format sse on a streaming endpoint, a shorter input, "
+                    "or use the HTTP mode (docs/DEPLOY.md)"
+                )
+
+
 def error_output(error: Exception, job: object) -> dict[str, Any]:
     """The job's output for a failure: a clean message, never a traceback."""
-    if isinstance(error, (RequestError, AudioError, VoiceError, EngineError)):
+    if isinstance(error, (RequestError, AudioError, VoiceError, EngineError, SpeechError)):
         return {"error": str(error)}
     import torch
 
@@ -107,19 +229,53 @@ def handler(job: dict) -> dict[str, Any]:
     return output
 
 
-def streaming_handler(job: dict) -> Iterator[dict[str, Any]]:
-    """The generator RunPod calls per job when VV_STREAMING=true (/stream gets each item as it is yielded)."""
+async def streaming_handler(job: dict) -> AsyncIterator[Any]:
+    """The generator RunPod calls per job when VV_STREAMING=true (/stream gets each item as it is yielded).
+
+    Generation runs in its own thread, up to RUN_AHEAD_ITEMS items ahead of the SDK's posts. Before each
+    item the SDK's settings for it are set (see :func:`_tell_sdk`).
+    """
     events = JobEvents.received(job)
     events.started()
+    last: Any = {"error": "the worker is not initialised"}
     if _service is None:
-        last: dict[str, Any] = {"error": "the worker is not initialised"}
         yield last
     else:
-        last = {}
-        for item in stream_job(job, _service):
+        service = _service
+        async for item in RunAhead(lambda: stream_job(job, service), RUN_AHEAD_ITEMS).aiter():
             last = item
+            _tell_sdk(item)
             yield item
     events.done(last)
+
+
+def _tell_sdk(item: object) -> None:
+    """Set what the runpod SDK reads from its start config for the item about to be yielded.
+
+    The SDK's per-job loop (``rp_job.handle_job``) reads ``return_aggregate_stream`` for each item, right
+    after the generator yields it and before any other code runs, and ``refresh_worker`` after the job:
+
+    - only items without audio join the final output (/runsync, /status): the summary, or the whole
+      response of a request that did not stream, so the final output stays far below RunPod's caps;
+      chunks and SSE text still go to /stream as they come;
+    - a ``{"error": ..., "refresh_worker": true}`` item (a device fault) makes the SDK stop this worker after
+      the job. (The SDK itself ends a job FAILED on an ``{"error": ...}`` item, with the error as its message.)
+    """
+    audio = isinstance(item, str) or (isinstance(item, dict) and "chunk_index" in item)
+    _sdk_config["return_aggregate_stream"] = not audio
+    if isinstance(item, dict) and item.get("error") and item.get("refresh_worker"):
+        _sdk_config["refresh_worker"] = True
+
+
+def quiet_sdk_logs() -> None:
+    """At DEBUG (its default) the runpod SDK logs every job output, audio included: keep it at INFO or above."""
+    from runpod.serverless.modules.rp_logger import LOG_LEVELS, RunPodLogger
+
+    logger = RunPodLogger()
+    if logger.level != "NOTSET" and LOG_LEVELS.index(logger.level) < LOG_LEVELS.index("INFO"):
+        if os.environ.get("RUNPOD_LOG_LEVEL") or os.environ.get("RUNPOD_DEBUG_LEVEL"):
+            log.warning("RUNPOD_LOG_LEVEL=%s would log job outputs (audio); using INFO", logger.level)
+        logger.set_level("INFO")
 
 
 def _warm_up_audio() -> None:
@@ -148,10 +304,10 @@ def main() -> None:
 
     import runpod
 
-    if settings.streaming:  # the SDK decides once, at start, whether the handler is a generator
-        runpod.serverless.start({"handler": streaming_handler, "return_aggregate_stream": True})
-    else:
-        runpod.serverless.start({"handler": handler})
+    quiet_sdk_logs()
+    # the SDK decides once, at start, whether the handler is a generator
+    _sdk_config["handler"] = streaming_handler if settings.streaming else handler
+    runpod.serverless.start(_sdk_config)
 
 
 if __name__ == "__main__":
