@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -98,10 +99,10 @@ def test_job_logs_are_json_lines_without_audio_text_or_secrets(service, monkeypa
     monkeypatch.setattr(handler_module, "_service", service)
     reference = wav_base64(speechlike(1.5), 24000)
     secret_text = "My password is hunter2 and my token hf_abcdefghijklmnop"
-    good = handler_module.handler(
-        {"id": "job-1", "input": {"text": secret_text, "reference_audio": reference, "seed": 3}}
+    good = asyncio.run(
+        handler_module.handler({"id": "job-1", "input": {"text": secret_text, "reference_audio": reference, "seed": 3}})
     )
-    bad = handler_module.handler({"id": "job-2", "input": {"text": "x", "seed": "NaN"}})
+    bad = asyncio.run(handler_module.handler({"id": "job-2", "input": {"text": "x", "seed": "NaN"}}))
     assert "audio_b64" in good and "error" in bad
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(line["event"], line["job_id"]) for line in lines] == [

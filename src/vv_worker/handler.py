@@ -11,6 +11,7 @@ that runs ahead of the SDK's posts and keeps audio chunks out of the job's final
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -220,13 +221,26 @@ def device_may_be_corrupted(error: BaseException) -> bool:
     return "CUDA error" in message or "device-side assert" in message or "CUBLAS_STATUS" in message
 
 
-def handler(job: dict) -> dict[str, Any]:
-    """The function RunPod calls for each job: one JSON log line per job event around the work."""
+async def handler(job: dict) -> dict[str, Any]:
+    """The function RunPod calls for each job: one JSON log line per job event around the work.
+
+    The work runs in a thread, so the SDK's event loop takes the next jobs meanwhile (up to
+    :func:`concurrent_jobs`) and the fast engine steps them together.
+    """
     events = JobEvents.received(job)
     events.started()
-    output = handle_job(job, _service) if _service is not None else {"error": "the worker is not initialised"}
+    if _service is None:
+        output: dict[str, Any] = {"error": "the worker is not initialised"}
+    else:
+        output = await asyncio.to_thread(handle_job, job, _service)
     events.done(output)
     return output
+
+
+def concurrent_jobs(current: int = 1) -> int:
+    """RunPod's ``concurrency_modifier``: jobs this worker takes at once, the fast engine's batch size
+    (``VV_MAX_BATCH``); 1 for engines that run one request at a time."""
+    return getattr(_service.engine, "max_batch", 1) if _service is not None else 1
 
 
 async def streaming_handler(job: dict) -> AsyncIterator[Any]:
@@ -307,6 +321,7 @@ def main() -> None:
     quiet_sdk_logs()
     # the SDK decides once, at start, whether the handler is a generator
     _sdk_config["handler"] = streaming_handler if settings.streaming else handler
+    _sdk_config["concurrency_modifier"] = concurrent_jobs
     runpod.serverless.start(_sdk_config)
 
 

@@ -68,6 +68,8 @@ def respond(plan: Plan, result: GenerationResult, engine: Engine, settings: Sett
     first_audio = result.extra.get("first_audio_seconds")
     if first_audio is not None:
         metadata["metrics"]["first_audio_seconds"] = round(first_audio, 4)
+    if result.extra.get("batch_size"):
+        metadata["metrics"]["batch_size"] = result.extra["batch_size"]
     return {
         "success": True,
         **delivery,
@@ -83,8 +85,8 @@ def respond(plan: Plan, result: GenerationResult, engine: Engine, settings: Sett
 def stream_items(plan: Plan, frames, engine: Engine) -> Iterator[dict]:
     """A streaming job's items: one PCM 16-bit 24 kHz chunk per generated frame, then a summary.
 
-    ``frames`` is the engine's frame stream; once exhausted it holds ``frames``, ``finish_reason`` and
-    ``first_audio_seconds``.
+    ``frames`` is the engine's frame stream; once exhausted it holds ``frames``, ``finish_reason``,
+    ``first_audio_seconds`` and (fast engine) ``batch_size``.
     """
     rate = audio.MODEL_SAMPLE_RATE
     index, samples = 0, 0
@@ -103,6 +105,8 @@ def stream_items(plan: Plan, frames, engine: Engine) -> Iterator[dict]:
     generation = time.perf_counter() - plan.started
     summary = metadata_of(plan, frames.frames, frames.finish_reason, generation, engine, rate)
     summary["metrics"]["first_audio_seconds"] = frames.first_audio_seconds
+    if getattr(frames, "batch_size", 0):
+        summary["metrics"]["batch_size"] = frames.batch_size
     yield {"success": True, "done": True, "chunks": index, "duration_seconds": samples / rate, **summary}
 
 

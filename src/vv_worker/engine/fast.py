@@ -59,6 +59,7 @@ class RequestState:
     finish_reason: FinishReason | None = None
     left: bool = False  # finished, failed or cancelled: it leaves the batch after this step
     cancelled: bool = False
+    batch_size: int = 0  # the most requests it was stepped together with (itself included)
     submitted: float = field(default_factory=time.perf_counter)
     first_audio_seconds: float | None = None
 
@@ -66,8 +67,9 @@ class RequestState:
 class FrameStream:
     """Iterator of float32 audio chunks (one per audio frame, 3200 samples each) of one request.
 
-    Once exhausted: ``frames``, ``finish_reason``, ``tokens`` (every generated token id) and
-    ``first_audio_seconds`` (from submission to the first chunk) are set. ``close()`` (or dropping
+    Once exhausted: ``frames``, ``finish_reason``, ``tokens`` (every generated token id),
+    ``first_audio_seconds`` (from submission to the first chunk) and ``batch_size`` (the most
+    requests it was stepped together with) are set. ``close()`` (or dropping
     it) cancels the request.
     """
 
@@ -79,6 +81,7 @@ class FrameStream:
         self.finish_reason: FinishReason | None = None
         self.tokens: list[int] = []
         self.first_audio_seconds: float | None = None
+        self.batch_size = 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self
@@ -99,6 +102,7 @@ class FrameStream:
         self._done = True
         state = self._state
         self.tokens, self.first_audio_seconds = list(state.tokens), state.first_audio_seconds
+        self.batch_size = state.batch_size
         if kind == "error":
             raise value
         self.finish_reason = state.finish_reason
@@ -173,7 +177,11 @@ class FastEngine:
             frames=stream.frames,
             finish_reason=stream.finish_reason,
             generation_seconds=time.perf_counter() - started,
-            extra={"first_audio_seconds": stream.first_audio_seconds, "tokens": stream.tokens},
+            extra={
+                "first_audio_seconds": stream.first_audio_seconds,
+                "tokens": stream.tokens,
+                "batch_size": stream.batch_size,
+            },
         )
 
     # --- the scheduler -------------------------------------------------------------------------
@@ -210,6 +218,8 @@ class FastEngine:
             if not active:
                 continue
             self.peak_batch = max(self.peak_batch, len(active))
+            for state in active:
+                state.batch_size = max(state.batch_size, len(active))
             try:
                 with torch.inference_mode():
                     self._step(active)
