@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,14 +18,22 @@ from vv_worker.provision import ModelSource, ProvisionError, looks_like_path, pa
 REPO_ID = "vibevoice/VibeVoice-7B-hf"
 
 
-def _checkpoint(folder):
-    """A folder that passes the quick checks: a VibeVoice config.json and a readable safetensors file."""
-    import torch
-    from safetensors.torch import save_file
+_TINY: list[Path] = []  # the session's tiny model, set for every test below
 
+
+@pytest.fixture(autouse=True)
+def _tiny_model(tiny_model_dir):
+    _TINY[:] = [tiny_model_dir]
+
+
+def _checkpoint(folder: Path) -> Path:
+    """A real checkpoint at ``folder``: the tiny model's files linked, its config.json copied (tests touch it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text('{"model_type": "vibevoice", "text_config": {}}')
-    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    for item in _TINY[0].iterdir():
+        if item.name == "config.json":
+            shutil.copy(item, folder / item.name)
+        else:
+            (folder / item.name).symlink_to(item)
     return folder
 
 
@@ -375,3 +384,28 @@ def test_truncated_weights_give_a_message_not_a_traceback(subprocess_env, tiny_m
     done, _ = _run(["vv_worker.local", "--text", "Hi", "--model", str(copy)], subprocess_env, tmp_path)
     assert done.returncode == 2
     assert "truncated shard model.safetensors" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tiny_model_dir, tmp_path):
+    """transformers would load them, initialise the mismatched layers at random and only log it."""
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["text_config"]["intermediate_size"] += 16
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ProvisionError, match=r"6 tensor\(s\) have another shape than config.json implies"):
+        resolve_model(str(copy))
+
+
+def test_a_load_failure_is_an_engine_error_not_a_traceback(tiny_model_dir, tmp_path, empty_voices_dir):
+    """A tokenizer.json without a model makes the tokenizers library raise a bare Exception."""
+    from vv_worker.config import load_settings
+    from vv_worker.engine.base import EngineError
+    from vv_worker.engine.reference import ReferenceEngine
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, copy)
+    (copy / "tokenizer.json").write_text('{"version": "1.0", "added_tokens": []}')
+    settings = load_settings(model=str(copy), voices_dir=empty_voices_dir)
+    with pytest.raises(EngineError, match=r"could not load the VibeVoice checkpoint .*: Exception: Model missing"):
+        ReferenceEngine.load(settings, path=resolve_model(str(copy)).path)

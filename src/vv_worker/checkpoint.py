@@ -73,7 +73,7 @@ def read_config(folder: str | os.PathLike) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{folder} has no config.json") from None
+        raise CheckpointError(f"config.json is missing from {folder}") from None
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise CheckpointError(f"{path} is not valid JSON ({type(error).__name__}: {error})") from None
     if not isinstance(config, dict):
@@ -97,6 +97,56 @@ def quick_problems(folder: str | os.PathLike) -> list[str]:
             "(a transformers-format VibeVoice checkpoint)"
         )
     return problems + weight_problems(folder)
+
+
+def fit_problems(folder: str | os.PathLike) -> list[str]:
+    """The weights' names and shapes against the model that config.json describes (built on the meta device).
+
+    transformers loads a checkpoint whose tensors are missing or of another shape than the config implies,
+    and only logs that it initialised those randomly; this check refuses such a folder instead.
+    Tensors the model does not have are left to transformers, which ignores them.
+    """
+    import torch
+    from transformers import AutoConfig, VibeVoiceForConditionalGeneration
+
+    folder = Path(folder)
+    with _hub_offline():
+        try:
+            config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        except Exception as error:
+            return [f"config.json does not load ({type(error).__name__}: {error})"]
+    try:
+        with torch.device("meta"):
+            model = VibeVoiceForConditionalGeneration(config)
+    except Exception as error:
+        return [f"config.json does not describe a buildable VibeVoice model ({type(error).__name__}: {error})"]
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    found = _tensor_shapes(folder)
+    problems = []
+    missing = sorted(set(expected) - set(found) - tied)
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) the config needs are absent from the weights (e.g. {missing[0]})")
+    wrong = sorted(name for name in set(expected) & set(found) if expected[name] != found[name])
+    if wrong:
+        name = wrong[0]
+        problems.append(
+            f"{len(wrong)} tensor(s) have another shape than config.json implies "
+            f"(e.g. {name}: {list(found[name])} in the weights, {list(expected[name])} from the config)"
+        )
+    return problems
+
+
+def _tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the folder's safetensors files (headers only)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            names = handle.keys()
+            shapes.update((name, tuple(handle.get_slice(name).get_shape())) for name in names)
+    return shapes
 
 
 def weight_problems(folder: str | os.PathLike) -> list[str]:
@@ -153,23 +203,18 @@ def checkpoint_problems(folder: str | os.PathLike, *, check_processor: bool = Tr
     folder = Path(folder)
     if not folder.is_dir():
         return [f"{folder} is not a folder"]
-    problems = quick_problems(folder)
-    if problems:
+    problems = quick_problems(folder) or fit_problems(folder)
+    if problems or not check_processor:
         return problems
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoProcessor
 
     with _hub_offline():
         try:
-            AutoConfig.from_pretrained(str(folder), local_files_only=True)
+            processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
         except Exception as error:
-            return [f"config.json does not load ({type(error).__name__}: {error})"]
-        if check_processor:
-            try:
-                processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
-            except Exception as error:
-                return [f"the processor does not load ({type(error).__name__}: {error})"]
-            if "VibeVoice" not in type(processor).__name__:
-                return [f"the processor is a {type(processor).__name__}, not a VibeVoice processor"]
+            return [f"the processor does not load ({type(error).__name__}: {error})"]
+    if "VibeVoice" not in type(processor).__name__:
+        return [f"the processor is a {type(processor).__name__}, not a VibeVoice processor"]
     return []
 
 

@@ -47,6 +47,7 @@ from typing import Literal
 from .checkpoint import (
     CHECKPOINT_PATTERNS,
     CheckpointError,
+    fit_problems,
     is_original_format,
     original_format_message,
     quick_problems,
@@ -181,7 +182,7 @@ def checked(folder: Path, source: Source, where: str) -> ModelSource:
         original = False  # quick_problems reports it
     if original:
         raise ProvisionError(original_format_message(where))
-    problems = quick_problems(folder)
+    problems = quick_problems(folder) or fit_problems(folder)
     if problems:
         raise ProvisionError(f"the checkpoint at {folder} cannot be used: " + "; ".join(problems))
     return ModelSource(str(folder), source)
