@@ -102,17 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     size = sum(path.stat().st_size for path in out.glob("*.safetensors"))
     print(f"ok: {out} is a complete VibeVoice checkpoint ({size / 1e9:.2f} GB of weights)")
-    commit = _provision().recorded_commit(out)
+    commit = checkpoint.recorded_commit(out)
     if commit:
         print(f"commit {commit}: set VV_MODEL_REVISION={commit} (or --revision) to get exactly this again")
     return 0
-
-
-def _provision():
-    _checkpoint()  # makes the package importable
-    from vv_worker import provision
-
-    return provision
 
 
 if __name__ == "__main__":

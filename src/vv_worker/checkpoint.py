@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +24,8 @@ EXPECTED_MODEL_TYPE = "vibevoice"
 # Sub-configs of the original layout's config.json; a transformers-format config has text_config instead.
 ORIGINAL_CONFIG_KEYS = ("decoder_config", "acoustic_tokenizer_config")
 CONVERT_SCRIPT = "scripts/convert_checkpoint.py"
+# where snapshot_download(local_dir=...) records, per file, the commit it was downloaded from
+_DOWNLOAD_RECORD = Path(".cache") / "huggingface" / "download" / "config.json.metadata"
 
 # What a transformers VibeVoice checkpoint needs: config, processor and tokenizer files (json, txt),
 # the chat template, the safetensors weights and their index. Nothing else is downloaded.
@@ -65,6 +68,16 @@ def original_format_message(where: str) -> str:
         f"`python {CONVERT_SCRIPT} {where} models/{name}-hf`, then use --model models/{name}-hf or "
         f"VV_MODEL=models/{name}-hf; or use a transformers-format repo such as vibevoice/VibeVoice-7B-hf"
     )
+
+
+def recorded_commit(folder: str | os.PathLike) -> str | None:
+    """The hub commit ``folder`` was downloaded from, when a download recorded it."""
+    record = Path(folder) / _DOWNLOAD_RECORD
+    try:
+        first = record.read_text(encoding="utf-8").splitlines()[0].strip()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    return first if re.fullmatch(r"[0-9a-f]{40}", first) else None
 
 
 def read_config(folder: str | os.PathLike) -> dict:

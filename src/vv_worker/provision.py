@@ -52,6 +52,7 @@ from .checkpoint import (
     original_format_message,
     quick_problems,
     read_config,
+    recorded_commit,
 )
 from .config import DEFAULT_MODEL, ConfigError
 
@@ -65,8 +66,6 @@ HUB_TIMEOUT_S = 10.0  # the reachability check; the download itself has no overa
 Source = Literal["local_folder", "baked", "runpod_cache", "network_volume", "hub_download"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
-# where snapshot_download(local_dir=...) records, per file, the commit it was downloaded from
-_DOWNLOAD_RECORD = Path(".cache") / "huggingface" / "download" / "config.json.metadata"
 
 TINY_MODEL_HINT = "python scripts/make_tiny_model.py models/tiny, then --model models/tiny or VV_MODEL=models/tiny"
 
@@ -116,16 +115,6 @@ def path_problem(model: str) -> str | None:
     else:
         message += f" ({parent} does not exist either)"
     return message
-
-
-def recorded_commit(folder: Path) -> str | None:
-    """The hub commit ``folder`` was downloaded from, when a download recorded it."""
-    record = folder / _DOWNLOAD_RECORD
-    try:
-        first = record.read_text(encoding="utf-8").splitlines()[0].strip()
-    except (OSError, IndexError, UnicodeDecodeError):
-        return None
-    return first if re.fullmatch(r"[0-9a-f]{40}", first) else None
 
 
 def revision_matches(folder: Path, revision: str, commit: str | None = None) -> bool | None:
