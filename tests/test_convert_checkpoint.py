@@ -178,7 +178,9 @@ def test_converted_chat_template_renders_the_tiny_models_prompt(converted_dir, t
     ]
     rendered = [
         AutoProcessor.from_pretrained(str(folder), local_files_only=True).apply_chat_template(
-            conversation, tokenize=False
+            conversation,
+            tokenize=False,
+            add_generation_prompt=True,  # as the engine calls it
         )
         for folder in (converted_dir, tiny_model_dir)
     ]

@@ -197,10 +197,11 @@ def test_unreachable_hub_without_a_cached_copy_names_the_fixes(roots, fake_hub):
 
 
 def test_hub_answers_become_messages(roots, fake_hub):
-    import httpx2  # huggingface_hub's HTTP client
+    from types import SimpleNamespace
+
     from huggingface_hub import errors
 
-    response = httpx2.Response(404, request=httpx2.Request("HEAD", "https://huggingface.co/x"))
+    response = SimpleNamespace(status_code=404, headers={}, request=None)  # all the errors read of a response
     fake_hub["error"] = errors.RevisionNotFoundError("Revision Not Found", response=response)
     with pytest.raises(ProvisionError, match=r"no revision 'nope'.*VV_MODEL_REVISION"):
         resolve_model(REPO_ID, revision="nope", **roots)

@@ -117,11 +117,9 @@ def path_problem(model: str) -> str | None:
     return message
 
 
-def revision_matches(folder: Path, revision: str, commit: str | None = None) -> bool | None:
+def revision_matches(folder: Path, revision: str) -> bool | None:
     """Whether ``folder`` holds ``revision``; None when that cannot be told (a branch or tag, or no record)."""
-    if not _COMMIT.match(revision):
-        return None
-    commit = commit or recorded_commit(folder)
+    commit = recorded_commit(folder) if _COMMIT.match(revision) else None
     return None if commit is None else commit.startswith(revision)
 
 
