@@ -10,6 +10,11 @@ folder is checked offline: it loads as a VibeVoice config and processor, the saf
 names only shards that are present, non-empty and readable, and each shard holds the tensors the
 index assigns to it. Exit status 0 when the folder is usable, 1 otherwise.
 
+``--revision`` (default: ``VV_MODEL_REVISION``, else the main branch) pins a branch, tag or commit;
+the commit actually downloaded is printed at the end, and recorded in the folder, where the worker
+checks it against ``VV_MODEL_REVISION``. One quick request first checks that the hub answers, so an
+unreachable hub fails in seconds instead of after minutes of retries.
+
 The token (for gated or private repos) comes from ``--token-file`` (a BuildKit secret mount such
 as /run/secrets/hf_token) or else from ``HF_TOKEN``; it is never printed.
 """
@@ -48,8 +53,10 @@ def read_token(token_file: Path | None) -> str | None:
 
 def download(repo: str, out: Path, revision: str | None, token: str | None) -> Path:
     """Fetch the checkpoint files of ``repo`` into ``out`` (resumable, with progress bars)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, snapshot_download
 
+    # no retries and a short timeout: an unreachable hub fails now, not after minutes of retries per file
+    get_hf_file_metadata(hf_hub_url(repo, "config.json", revision=revision), timeout=10, token=token)
     path = snapshot_download(
         repo_id=repo,
         revision=revision,
@@ -64,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", default=DEFAULT_REPO, help=f"hub repo id (default {DEFAULT_REPO})")
     parser.add_argument("--out", type=Path, help="target folder (default models/NAME)")
-    parser.add_argument("--revision", help="branch, tag or commit (default: the repo's main branch)")
+    parser.add_argument(
+        "--revision",
+        default=os.environ.get("VV_MODEL_REVISION") or None,
+        help="branch, tag or commit (default: VV_MODEL_REVISION, else the repo's main branch)",
+    )
     parser.add_argument("--token-file", type=Path, help="file holding the hub token (else HF_TOKEN)")
     parser.add_argument("--verify-only", action="store_true", help="only verify the folder given by --out")
     args = parser.parse_args(argv)
@@ -91,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     size = sum(path.stat().st_size for path in out.glob("*.safetensors"))
     print(f"ok: {out} is a complete VibeVoice checkpoint ({size / 1e9:.2f} GB of weights)")
+    commit = checkpoint.recorded_commit(out)
+    if commit:
+        print(f"commit {commit}: set VV_MODEL_REVISION={commit} (or --revision) to get exactly this again")
     return 0
 
 

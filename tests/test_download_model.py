@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -131,11 +134,13 @@ def test_download_passes_the_token_and_patterns_and_never_prints_the_token(
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kwargs: calls.update(checked=url))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     code = module.main(["--repo", "org/model", "--revision", "abc", "--out", str(out), "--token-file", str(token_file)])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert calls["repo_id"] == "org/model" and calls["revision"] == "abc" and calls["token"] == secret
+    assert calls["checked"].endswith("org/model/resolve/abc/config.json")
     assert "*.safetensors" in calls["allow_patterns"] and "*.bin" not in calls["allow_patterns"]
     assert secret not in printed.out + printed.err and "with a token" in printed.out
 
@@ -162,7 +167,53 @@ def test_download_failure_hides_the_token(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", failing)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kwargs: None)
     monkeypatch.setenv("HF_TOKEN", secret)
     assert module.main(["--out", str(tmp_path / "m")]) == 1
     printed = capsys.readouterr()
     assert secret not in printed.out + printed.err and "the download failed" in printed.err
+
+
+def test_revision_defaults_to_vv_model_revision_and_the_commit_is_printed(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    module = _load_script()
+    commit = "c" * 40
+    calls = {}
+
+    def fake_snapshot_download(**kwargs):
+        calls.update(kwargs)
+        shutil.copytree(tiny_model_dir, kwargs["local_dir"])
+        record = Path(kwargs["local_dir"]) / ".cache" / "huggingface" / "download" / "config.json.metadata"
+        record.parent.mkdir(parents=True)
+        record.write_text(f'{commit}\n"etag"\n1700000000.0\n')  # what huggingface_hub records per file
+        return kwargs["local_dir"]
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kwargs: None)
+    monkeypatch.setenv("VV_MODEL_REVISION", commit[:12])
+    assert module.main(["--repo", "org/model", "--out", str(tmp_path / "m")]) == 0
+    assert calls["revision"] == commit[:12]
+    assert f"set VV_MODEL_REVISION={commit}" in capsys.readouterr().out
+
+
+def test_unreachable_hub_fails_in_seconds(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "m")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and time.monotonic() - started < 30
+    assert "the download failed" in done.stderr and "Retrying" not in done.stderr

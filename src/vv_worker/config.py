@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     )
 
     model: str = Field(DEFAULT_MODEL, min_length=1, description="Hub repo id or local folder of the checkpoint")
+    model_revision: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\w.\-/]+$",
+        description="Hub branch, tag or commit of VV_MODEL (a commit makes downloads reproducible)",
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"

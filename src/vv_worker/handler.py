@@ -303,6 +303,12 @@ def _warm_up_audio() -> None:
 
 def main() -> None:
     global _service
+    if {"-h", "--help"} & set(sys.argv[1:]):  # before anything loads: the runpod SDK parses the rest at start
+        import runpod.serverless
+
+        print(__doc__.strip() + "\n\nSettings come from VV_* environment variables (see README.md).\n")
+        print(runpod.serverless.parser.format_help())
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_json_handler()
     try:

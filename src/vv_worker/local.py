@@ -16,6 +16,7 @@ from pathlib import Path
 from .audio import AudioError
 from .config import ConfigError, load_settings
 from .engine.base import EngineError
+from .provision import path_problem
 from .schema import RequestError
 from .voices import VoiceError
 
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.reference is not None and not args.reference.is_file():
         print(f"error: --reference {args.reference}: no such file", file=sys.stderr)
+        return 2
+    if args.model is not None and (problem := path_problem(args.model)) is not None:
+        print(f"error: --model {args.model}: {problem}", file=sys.stderr)
         return 2
     from tqdm import tqdm
 

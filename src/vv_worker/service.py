@@ -50,8 +50,8 @@ class SynthesisService:
         from .engine import load_engine
         from .provision import resolve_model
 
-        source = resolve_model(settings.model)
-        engine = load_engine(settings, path=source.path_or_id)
+        source = resolve_model(settings.model, revision=settings.model_revision)
+        engine = load_engine(settings, path=source.path)
         return cls(settings, engine, VoiceLibrary(settings.voices_dir))
 
     # --- entry points -------------------------------------------------------------------------

@@ -69,11 +69,12 @@ class LoadedModel:
                 attn_implementation={"text_config": runtime.attn_implementation},
                 local_files_only=local,
             )
-        except (OSError, ValueError, KeyError) as error:
+        except Exception as error:  # OSError, ValueError, RuntimeError (size mismatch), SafetensorError, ...
             raise EngineError(
-                f"could not load the VibeVoice checkpoint {settings.model!r} (VV_MODEL): {error}. "
-                "It must be a transformers-format VibeVoice repo (for example vibevoice/VibeVoice-7B-hf) "
-                "or a folder saved with save_pretrained."
+                f"could not load the VibeVoice checkpoint {settings.model!r} from {path}: "
+                f"{type(error).__name__}: {error}. It must be a transformers-format VibeVoice repo (for example "
+                "vibevoice/VibeVoice-7B-hf) or a folder saved with save_pretrained; an original-format checkpoint "
+                "converts with scripts/convert_checkpoint.py."
             ) from error
         model = model.to(runtime.device).eval()
         log.info(
