@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from api_server import free_port
-from conftest import api_server, decode_wav, speechlike
+from conftest import REPO, api_server, decode_wav, speechlike
 
 from vv_worker.engine import SAMPLES_PER_FRAME
 
@@ -212,3 +212,32 @@ def test_local_cli_without_a_library_folder_says_where_it_looked(subprocess_env,
     done = run_module("vv_worker.local", "--text", "Hi.", "--voice", "alice", env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 2
     assert f"no voice library at {tmp_path / 'no-such-voices'}" in done.stderr and "VV_VOICES_DIR" in done.stderr
+
+
+# --- set-up ----------------------------------------------------------------------------------------------
+
+
+def _setup_dry_run(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    """scripts/setup.sh printing its commands, with a python that has no torch (so torch gets installed)."""
+    no_torch = tmp_path / "python-without-torch"
+    no_torch.write_text("#!/bin/sh\nexit 1\n")
+    no_torch.chmod(0o755)
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "setup.sh")],
+        env={**os.environ, "VV_SETUP_DRY_RUN": "1", "PYTHON": str(no_torch), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_setup_installs_torch_from_a_given_index_and_says_what_pypi_gives(tmp_path):
+    cpu = _setup_dry_run(tmp_path, TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu")
+    assert cpu.returncode == 0, cpu.stderr
+    assert "pip install --quiet --index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in cpu.stdout
+    default = _setup_dry_run(tmp_path, TORCH_INDEX_URL="")
+    assert default.returncode == 0, default.stderr
+    assert "pip install --quiet torch==2.13.0" in default.stdout and "--index-url" not in default.stdout
+    assert "the CUDA build" in default.stdout
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in default.stdout
+    assert "pip install --quiet -e .\\[dev\\]" in default.stdout  # then the package, as before
