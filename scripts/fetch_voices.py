@@ -111,7 +111,7 @@ def print_progress(name: str, done: int, total: int | None) -> None:
     finished = total is not None and done >= total
     if not (sys.stderr.isatty() or finished):
         return
-    shown = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB ({100 * done // total}%)" if total else f"{done / 1e6:.1f} MB"
+    shown = f"{done // 1000:,} of {total // 1000:,} kB ({100 * done // total}%)" if total else f"{done // 1000:,} kB"
     print(f"\rdownloading {name}: {shown}", end="\n" if finished else "", file=sys.stderr, flush=True)
 
 
