@@ -89,7 +89,7 @@ def test_download_reports_progress_up_to_the_declared_size(server, tmp_path, cap
     assert [done for _, done, _ in seen] == sorted(done for _, done, _ in seen)
     # the command line prints the finished line (and, on a terminal, the running count) to stderr
     assert fetch.main(["--dir", str(tmp_path / "again"), "--manifest", str(manifest)]) == 0
-    assert "downloading alice.wav: 0.0 of 0.0 MB (100%)" in capsys.readouterr().err
+    assert f"downloading alice.wav: {len(GOOD) // 1000} of {len(GOOD) // 1000} kB (100%)" in capsys.readouterr().err
 
 
 def test_wrong_hash_leaves_nothing_behind(server, tmp_path):
