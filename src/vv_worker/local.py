@@ -131,11 +131,11 @@ def ensure_voices(payload: dict, script: Script, folder: Path) -> None:
         return  # no library at all: the service warns that the text has no voice prompt
     library = VoiceLibrary(folder)
     missing = [entry for entry in library.entries.values() if not (folder / entry.file).is_file()]
-    failures: list[str] = []
+    failures: dict[str, str] = {}  # file -> why it could not be downloaded
     if missing:
         fetch = _load_fetch_script()
         if fetch is None:
-            failures.append(f"{FETCH_SCRIPT} is not here to download them")
+            failures = {entry.file: f"{FETCH_SCRIPT} is not here to download it" for entry in missing}
         else:
             print(f"downloading {len(missing)} voice recording(s) into {folder} (first use) ...", file=sys.stderr)
             outcomes = fetch.fetch_voices(
@@ -145,18 +145,18 @@ def ensure_voices(payload: dict, script: Script, folder: Path) -> None:
                 echo=lambda line: print(line, file=sys.stderr),
                 progress=fetch.print_progress,
             )
-            failures += [f"{o.file}: {o.detail}" for o in outcomes if o.status == "failed"]
+            failures = {o.file: o.detail for o in outcomes if o.status == "failed"}
         library = VoiceLibrary(folder)
     for name in named:
         entry = library.entries.get(name.lower())
         if entry is not None and not (folder / entry.file).is_file():
             raise VoiceError(
                 f"voice {name!r}: its recording {entry.file} is not in {where} and could not be downloaded "
-                f"({'; '.join(failures)}); {_fix(folder)}"
+                f"({failures.get(entry.file, 'not listed for download')}); {_fix(folder)}"
             )
         library.load(name)  # unknown names: the library's own message, with the voices available
     if failures:
-        print(f"warning: some voice recordings could not be downloaded: {'; '.join(failures)}", file=sys.stderr)
+        print(f"warning: {len(failures)} voice recording(s) could not be downloaded; {_fix(folder)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
