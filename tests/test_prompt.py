@@ -121,7 +121,9 @@ def test_a_label_in_the_middle_of_a_line_is_refused(text):
 def test_label_spellings_the_original_accepts_are_scripts():
     assert lines("speaker 1: a\nSPEAKER  2 : b") == [(0, "a"), (1, "b")]
     assert lines("Speaker1: a\nSpeaker2: b") == [(0, "a"), (1, "b")]
-    assert lines("Speaker 1000: a") == [(0, "a")]  # any number of digits, as in the original
+    assert lines("Speaker 007: a\nSpeaker 7: b") == [(0, "a"), (0, "b")]  # one speaker, as int("007") == 7
+    with pytest.raises(ScriptError, match="speaker numbers go from 0 to 999"):
+        parse_script("Speaker 1000: a")  # the speakers field could not name it
 
 
 def test_words_that_only_look_like_labels_are_text():

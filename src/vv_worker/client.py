@@ -28,10 +28,12 @@ from typing import Any
 import requests
 from runpod.endpoint.runner import Endpoint, Job
 
+from .limits import OUTPUT_FORMATS
+
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 MODES = ("runsync", "run", "stream")
-# the worker's output formats and the file extensions each is written to; the first is the default
-EXTENSIONS = {"wav": (".wav",), "flac": (".flac",), "mp3": (".mp3",), "ogg": (".ogg", ".opus", ".oga")}
+# the file extensions each of the worker's output formats is written to (ogg holds Opus)
+EXTENSIONS = {name: (f".{name}", *{"ogg": (".opus", ".oga")}.get(name, ())) for name in OUTPUT_FORMATS}
 SPEAKER_HELP = "voice of Speaker N: a library name or an audio file (repeatable)"
 STREAM_FIX = (
     "this endpoint does not stream: set VV_STREAMING=true on it (its outputs then become lists, see docs/API.md), "

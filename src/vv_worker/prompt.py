@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .limits import SPEAKER_NUMBER_DIGITS
+
 MAX_SPEAKERS = 4  # VibeVoice's limit
 PROMPT_MARKERS = ("Speech output:", "Voice input:", "Text input:")
 
@@ -121,10 +123,14 @@ def parse_script(text: str) -> Script:
             else:
                 spoken[-1] = (speaker, row)
             continue
-        said = match.group(2).strip()
+        said, speaker = match.group(2).strip(), int(match.group(1))
+        if speaker >= 10**SPEAKER_NUMBER_DIGITS:
+            raise ScriptError(
+                f"text: line {number}: Speaker {speaker}: speaker numbers go from 0 to {10**SPEAKER_NUMBER_DIGITS - 1}"
+            )
         if not said and (number == len(rows) or matches[number] is not None):
             raise ScriptError(f"text: line {number} ('{row}') has a speaker but nothing to say")
-        spoken.append((int(match.group(1)), said))
+        spoken.append((speaker, said))
 
     numbers = sorted({speaker for speaker, _ in spoken})
     if len(numbers) > MAX_SPEAKERS:
