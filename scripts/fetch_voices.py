@@ -6,8 +6,9 @@
 Defaults: ``--dir voices`` and ``--manifest DIR/manifest.json``. A file already present with the
 right sha256 is skipped; one with the wrong sha256 is downloaded again. Each download goes to a
 temporary file in DIR and is renamed into place only once its sha256 matches, so DIR never holds a
-partial or wrong file. Exit status 0 when every voice is in place, 1 when any failed (each failure
-is listed), 2 for a bad manifest. Standard library only: it runs before or without the package.
+partial or wrong file. Progress (bytes received of the declared size) goes to stderr. Exit status
+0 when every voice is in place, 1 when any failed (each failure is listed), 2 for a bad manifest.
+Standard library only: it runs before or without the package.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1 << 16
 DEFAULT_MAX_BYTES = 100_000_000
+
+
+Progress = Callable[[str, int, "int | None"], None]  # (file name, bytes so far, declared size or None)
 
 
 class ManifestError(ValueError):
@@ -65,7 +70,16 @@ def read_manifest(path: Path) -> list[dict]:
     return entries
 
 
-def download(url: str, folder: Path, final_name: str, sha256: str, *, timeout_s: float, max_bytes: int) -> None:
+def download(
+    url: str,
+    folder: Path,
+    final_name: str,
+    sha256: str,
+    *,
+    timeout_s: float,
+    max_bytes: int,
+    progress: Progress | None = None,
+) -> None:
     """Fetch ``url`` into ``folder/final_name`` atomically, or raise with the reason (nothing left behind)."""
     descriptor, name = tempfile.mkstemp(dir=folder, prefix=f".{final_name}.", suffix=".part")
     temp = Path(name)
@@ -73,12 +87,16 @@ def download(url: str, folder: Path, final_name: str, sha256: str, *, timeout_s:
         digest, size = hashlib.sha256(), 0
         request = urllib.request.Request(url, headers={"User-Agent": "vv-worker-fetch-voices"})
         with os.fdopen(descriptor, "wb") as handle, urllib.request.urlopen(request, timeout=timeout_s) as response:
+            declared = response.headers.get("Content-Length")
+            total = int(declared) if declared and declared.isdigit() else None
             while block := response.read(CHUNK):
                 size += len(block)
                 if size > max_bytes:
                     raise OSError(f"larger than {max_bytes} bytes")
                 digest.update(block)
                 handle.write(block)
+                if progress:
+                    progress(final_name, size, total)
         if digest.hexdigest() != sha256.lower():
             raise OSError(f"sha256 mismatch: expected {sha256.lower()}, got {digest.hexdigest()} ({size} bytes)")
         os.chmod(temp, 0o644)
@@ -88,8 +106,23 @@ def download(url: str, folder: Path, final_name: str, sha256: str, *, timeout_s:
         raise
 
 
+def print_progress(name: str, done: int, total: int | None) -> None:
+    """One line per file, rewritten in place on a terminal; elsewhere only the finished line."""
+    finished = total is not None and done >= total
+    if not (sys.stderr.isatty() or finished):
+        return
+    shown = f"{done // 1000:,} of {total // 1000:,} kB ({100 * done // total}%)" if total else f"{done // 1000:,} kB"
+    print(f"\rdownloading {name}: {shown}", end="\n" if finished else "", file=sys.stderr, flush=True)
+
+
 def fetch_voices(
-    manifest: Path, folder: Path, *, timeout_s: float = 60.0, max_bytes: int = DEFAULT_MAX_BYTES, echo=print
+    manifest: Path,
+    folder: Path,
+    *,
+    timeout_s: float = 60.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    echo=print,
+    progress: Progress | None = None,
 ) -> list[Outcome]:
     """Make ``folder`` hold every voice in ``manifest`` with the right sha256; one outcome per voice."""
     entries = read_manifest(manifest)
@@ -105,7 +138,15 @@ def fetch_voices(
                 continue
             echo(f"replacing {entry['file']}: its sha256 does not match the manifest")
         try:
-            download(entry["url"], folder, entry["file"], expected, timeout_s=timeout_s, max_bytes=max_bytes)
+            download(
+                entry["url"],
+                folder,
+                entry["file"],
+                expected,
+                timeout_s=timeout_s,
+                max_bytes=max_bytes,
+                progress=progress,
+            )
         except urllib.error.HTTPError as error:
             detail = f"HTTP {error.code} from {entry['url']}"
         except (urllib.error.URLError, OSError, ValueError) as error:
@@ -128,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     manifest = args.manifest or args.dir / "manifest.json"
     try:
-        outcomes = fetch_voices(manifest, args.dir, timeout_s=args.timeout)
+        outcomes = fetch_voices(manifest, args.dir, timeout_s=args.timeout, progress=print_progress)
     except ManifestError as error:
         print(f"fetch_voices: {error}", file=sys.stderr)
         return 2

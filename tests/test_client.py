@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import api_server, decode_wav
+from conftest import api_server, decode_wav, speechlike
 
 from vv_worker.client import ClientError, JobFailed, RunPodClient, main, save_audio, save_stream
 from vv_worker.engine import SAMPLES_PER_FRAME
@@ -224,9 +224,57 @@ def test_local_run_then_status_via_the_cli(local_server, tmp_path, capsys):
     assert info.samplerate == 24000 and info.frames > 0 and info.frames % SAMPLES_PER_FRAME == 0
 
 
-def test_local_stream_on_a_non_streaming_endpoint_is_refused(local_server):
+def test_local_stream_on_a_non_streaming_endpoint_names_the_fix(local_server, capsys):
     # Without VV_STREAMING the handler is not a generator, so the SDK's local /stream refuses it
     # (the streaming endpoint is tested in test_streaming.py).
     client = RunPodClient(local_url=local_server, timeout_s=120)
-    with pytest.raises(JobFailed, match="Stream not supported"):
+    with pytest.raises(JobFailed, match=r"Stream not supported.*set VV_STREAMING=true on it"):
         list(client.stream(client.run({"text": "Stream me.", "seed": 1})))
+    assert main(["--local", local_server, "--text", "Stream me.", "--mode", "stream", "--out", "x.wav"]) == 1
+    assert "VV_STREAMING=true" in capsys.readouterr().err
+
+
+def test_the_client_runs_on_the_sdks_endpoint_and_job(cloud, local_server):
+    import runpod
+
+    cloud_client = _client(cloud)
+    assert isinstance(cloud_client.endpoint, runpod.Endpoint)
+    job = cloud_client.run({"text": "Hello"})
+    assert isinstance(job, runpod.endpoint.Job) and job.status() == "IN_QUEUE"  # the SDK's own Job.status
+    local = RunPodClient(local_url=local_server, timeout_s=120)
+    assert isinstance(local.endpoint, runpod.Endpoint) and isinstance(local.run({"text": "Hi."}), runpod.endpoint.Job)
+
+
+def test_out_extension_picks_the_format_and_a_contradiction_is_refused(local_server, tmp_path, capsys):
+    out = tmp_path / "hello.mp3"
+    assert main(["--local", local_server, "--text", "Hello in MP3.", "--seed", "2", "--out", str(out)]) == 0
+    assert sf.info(str(out)).format == "MP3"  # not WAV bytes under an .mp3 name
+    opus = tmp_path / "hello.opus"
+    assert main(["--local", local_server, "--text", "Hi.", "--format", "ogg", "--out", str(opus)]) == 0
+    assert sf.info(str(opus)).format == "OGG"
+    capsys.readouterr()
+    assert main(["--local", local_server, "--text", "Hi.", "--format", "flac", "--out", str(out)]) == 1
+    assert "--out " + str(out) + " names mp3 but --format is flac" in capsys.readouterr().err
+    assert main(["--local", local_server, "--text", "Hi.", "--out", str(tmp_path / "x.bin")]) == 1
+    assert "cannot tell the format from '.bin'; give --format" in capsys.readouterr().err
+    with pytest.raises(ClientError, match="asked for mp3 but the worker returned wav"):
+        save_audio({"format": "wav", "audio_b64": _wav_b64(0.1)}, tmp_path / "y.mp3", expected_format="mp3")
+
+
+def test_reference_and_speaker_options_reach_the_worker(local_server, tmp_path, capsys):
+    from vv_worker.client import _parser, build_input
+
+    reference = tmp_path / "me.wav"
+    sf.write(reference, speechlike(2.0), 24000, subtype="PCM_16")
+    script = "Speaker 1: Hello.\nSpeaker 2: Hi there."
+    argv = ["--local", local_server, "--text", script, "--reference", str(reference), "--speaker", f"2={reference}"]
+    job_input, _ = build_input(_parser().parse_args(argv))
+    output = RunPodClient(local_url=local_server, timeout_s=120).synthesize({**job_input, "seed": 3})
+    assert output["speakers_used"] == {"1": "reference_audio", "2": "reference_audio"}
+    out = tmp_path / "ref.wav"
+    assert main(["--local", local_server, "--text", "Hi.", "--reference", str(reference), "--out", str(out)]) == 0
+    assert "voice reference_audio" in capsys.readouterr().out
+    assert main(["--local", local_server, "--text", "Hi.", "--reference", str(tmp_path / "missing.wav")]) == 1
+    assert "--reference " in capsys.readouterr().err
+    assert main(["--local", local_server, "--text", "Hi.", "--speaker", "1"]) == 1
+    assert "expected N=VOICE" in capsys.readouterr().err

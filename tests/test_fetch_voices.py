@@ -80,6 +80,18 @@ def test_downloads_and_verifies(server, tmp_path):
     assert _leftovers(tmp_path / "voices") == []
 
 
+def test_download_reports_progress_up_to_the_declared_size(server, tmp_path, capsys):
+    base, _ = server
+    manifest = _manifest(tmp_path / "manifest.json", base, [("alice", "/good.wav", GOOD)])
+    seen: list[tuple[str, int, int | None]] = []
+    fetch.fetch_voices(manifest, tmp_path / "voices", echo=lambda *_: None, progress=lambda *a: seen.append(a))
+    assert seen and seen[-1] == ("alice.wav", len(GOOD), len(GOOD))
+    assert [done for _, done, _ in seen] == sorted(done for _, done, _ in seen)
+    # the command line prints the finished line (and, on a terminal, the running count) to stderr
+    assert fetch.main(["--dir", str(tmp_path / "again"), "--manifest", str(manifest)]) == 0
+    assert f"downloading alice.wav: {len(GOOD) // 1000} of {len(GOOD) // 1000} kB (100%)" in capsys.readouterr().err
+
+
 def test_wrong_hash_leaves_nothing_behind(server, tmp_path):
     base, _ = server
     manifest = _manifest(tmp_path / "manifest.json", base, [("bob", "/other.wav", GOOD)])  # hash of GOOD

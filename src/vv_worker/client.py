@@ -1,15 +1,16 @@
-"""A small client for a deployed vv-worker: RunPod's serverless HTTP API, or the SDK's local API server.
+"""A client for a deployed vv-worker, built on the runpod SDK's ``Endpoint`` and ``Job``.
 
-Cloud (``https://api.runpod.ai/v2/{endpoint}``, ``Authorization: Bearer $RUNPOD_API_KEY``):
-POST /runsync, POST /run, GET /status/{id}, GET /stream/{id}, POST /cancel/{id}.
-Local (``python -m vv_worker.handler --rp_serve_api``): POST /runsync, POST /run, POST /status/{id},
-POST /stream/{id}, no endpoint id, no key. The local server runs a job queued with /run when
-/status (or /stream) is first called for it.
+Cloud (``https://api.runpod.ai/v2/{endpoint}``, ``Authorization: Bearer $RUNPOD_API_KEY``): the SDK's
+``Endpoint`` submits jobs and its HTTP client (auth, retries, ``RUNPOD_ENDPOINT_BASE_URL``) carries every
+call. Local (``python -m vv_worker.handler --rp_serve_api``): the same ``Endpoint``/``Job`` over
+:class:`LocalServer`, because the SDK's local server has no endpoint id, no key, and takes status and
+stream as POST. On top of the SDK this module adds what its ``run_sync``/``Job.output``/``Job.stream``
+lack: the worker's error message on failure, a time limit, and ending a stream when the job fails.
 
     python -m vv_worker.client --endpoint ENDPOINT_ID --text "Hello there." --out hello.wav
-    python -m vv_worker.client --local http://127.0.0.1:8000 --text "Hello." --out hello.wav --mode run
+    python -m vv_worker.client --local http://127.0.0.1:8000 --text "Hello." --out hello.mp3 --mode run
 
-The API key is read from ``RUNPOD_API_KEY`` and never printed or logged.
+The API key is read from ``RUNPOD_API_KEY`` (else the SDK's ``runpod config`` file) and never printed.
 """
 
 from __future__ import annotations
@@ -25,14 +26,23 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from runpod.endpoint.runner import Endpoint, Job
 
-DEFAULT_BASE_URL = "https://api.runpod.ai/v2"
+from .limits import OUTPUT_FORMATS
+
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 MODES = ("runsync", "run", "stream")
+# the file extensions each of the worker's output formats is written to (ogg holds Opus)
+EXTENSIONS = {name: (f".{name}", *{"ogg": (".opus", ".oga")}.get(name, ())) for name in OUTPUT_FORMATS}
+SPEAKER_HELP = "voice of Speaker N: a library name or an audio file (repeatable)"
+STREAM_FIX = (
+    "this endpoint does not stream: set VV_STREAMING=true on it (its outputs then become lists, see docs/API.md), "
+    "or use --mode runsync or --mode run"
+)
 
 
 class ClientError(RuntimeError):
-    """The API could not be reached or answered something unusable."""
+    """The API could not be reached, answered something unusable, or the request cannot be made."""
 
 
 class JobFailed(ClientError):
@@ -44,13 +54,47 @@ class JobFailed(ClientError):
 
 
 def job_error(job: dict) -> str:
-    """The error message of a failed job, wherever the API put it."""
+    """The error message of a failed job, wherever the API put it, with the fix for a non-streaming endpoint."""
     output = job.get("output")
+    if isinstance(output, list) and output and isinstance(output[-1], dict):
+        output = output[-1]  # a streaming endpoint's outputs are lists; a failure is the last item
     if isinstance(output, dict) and output.get("error"):
-        return str(output["error"])
-    if job.get("error"):
-        return str(job["error"])
-    return f"the job ended with status {job.get('status')}"
+        message = str(output["error"])
+    elif job.get("error"):
+        message = str(job["error"])
+    else:
+        return f"the job ended with status {job.get('status')}"
+    if "Stream not supported" in message:  # the SDK's local server, for a handler that is not a generator
+        message = f"{message} ({STREAM_FIX})"
+    return message
+
+
+class LocalServer:
+    """The SDK's local API server behind the interface of the SDK's HTTP client (``post``/``get``).
+
+    Paths come as the SDK's ``Endpoint``/``Job`` build them (``{endpoint_id}/run``) with an empty
+    endpoint id; reads are sent as POST, the only method the local server takes.
+    """
+
+    def __init__(self, url: str, session: requests.Session | None = None):
+        self.endpoint_url_base = url.rstrip("/")
+        self.rp_session = session or requests.Session()
+
+    def post(self, endpoint: str, data: dict | None, timeout: float = 10):
+        response = self.rp_session.post(f"{self.endpoint_url_base}/{endpoint.lstrip('/')}", json=data, timeout=timeout)
+        response.raise_for_status()
+        return response.json()
+
+    def get(self, endpoint: str, timeout: float = 10):
+        return self.post(endpoint, None, timeout)
+
+
+class LocalEndpoint(Endpoint):
+    """The SDK's ``Endpoint`` pointed at the local server (its own ``__init__`` would demand an API key)."""
+
+    def __init__(self, url: str):
+        self.endpoint_id = ""
+        self.rp_client = LocalServer(url)
 
 
 class RunPodClient:
@@ -65,156 +109,216 @@ class RunPodClient:
         local_url: str | None = None,
         timeout_s: float = 30.0,
         poll_interval_s: float = 1.0,
-        session: requests.Session | None = None,
     ):
         self.local = local_url is not None
         self.timeout_s = timeout_s
         self.poll_interval_s = poll_interval_s
-        self._session = session or requests.Session()
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.local:
-            self.base = local_url.rstrip("/")
+            self.endpoint: Endpoint = LocalEndpoint(local_url)
         else:
+            import runpod
+
             if not endpoint_id:
                 raise ClientError("an endpoint id is needed (or a local server URL)")
+            api_key = api_key or runpod.api_key  # the SDK's `runpod config` credentials
             if not api_key:
                 raise ClientError("no API key: set RUNPOD_API_KEY")
-            base = base_url or os.environ.get("RUNPOD_ENDPOINT_BASE_URL") or DEFAULT_BASE_URL
-            self.base = f"{base.rstrip('/')}/{endpoint_id}"
-            self._headers["Authorization"] = f"Bearer {api_key}"
+            self.endpoint = Endpoint(endpoint_id, api_key=api_key)
+            if base_url:
+                self.endpoint.rp_client.endpoint_url_base = base_url.rstrip("/")
+        self.base = f"{self.endpoint.rp_client.endpoint_url_base}/{self.endpoint.endpoint_id}".rstrip("/")
 
     def __repr__(self) -> str:  # never shows the key
         return f"RunPodClient(base={self.base!r}, local={self.local})"
 
     # ------------------------------------------------------------------ HTTP
 
-    def _request(self, method: str, path: str, *, body: dict | None = None, params: dict | None = None) -> dict:
-        url = f"{self.base}{path}"
+    def _call(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One SDK call; its exceptions become a :class:`ClientError` that says what failed, never the key."""
         try:
-            response = self._session.request(
-                method, url, json=body, params=params, headers=self._headers, timeout=self.timeout_s
-            )
+            answer = call(*args, **kwargs)
         except requests.Timeout:
-            raise ClientError(f"{method} {url}: no answer within {self.timeout_s:g} s") from None
+            limit = kwargs.get("timeout")
+            raise ClientError(f"{what} at {self.base}: no answer within {limit or 10:g} s") from None
+        except requests.HTTPError as error:
+            code = error.response.status_code if error.response is not None else "?"
+            if code in (401, 403):
+                raise ClientError(f"{what}: the API key was refused (HTTP {code}); check RUNPOD_API_KEY") from None
+            body = error.response.text[:300] if error.response is not None else ""
+            raise ClientError(f"{what} at {self.base}: HTTP {code}: {body}") from None
+        except requests.JSONDecodeError:
+            raise ClientError(f"{what} at {self.base}: the answer is not JSON") from None
         except requests.RequestException as error:
-            raise ClientError(f"{method} {url}: cannot connect ({type(error).__name__})") from None
-        if response.status_code in (401, 403):
-            raise ClientError(
-                f"{method} {url}: the API key was refused (HTTP {response.status_code}); check RUNPOD_API_KEY"
-            )
-        if response.status_code >= 400:
-            raise ClientError(f"{method} {url}: HTTP {response.status_code}: {response.text[:300]}")
-        try:
-            data = response.json()
-        except ValueError:
-            raise ClientError(f"{method} {url}: the answer is not JSON: {response.text[:200]!r}") from None
-        if not isinstance(data, dict):
-            raise ClientError(f"{method} {url}: unexpected answer {str(data)[:200]!r}")
-        return data
+            raise ClientError(f"{what} at {self.base}: cannot connect ({type(error).__name__})") from None
+        except RuntimeError as error:  # the SDK's client raises RuntimeError for HTTP 401
+            if "401" in str(error):
+                raise ClientError(f"{what}: the API key was refused (HTTP 401); check RUNPOD_API_KEY") from None
+            raise
+        return answer
 
-    def _read(self, path: str) -> dict:
-        # the cloud API reads status and stream with GET; the SDK's local server only accepts POST
-        return self._request("POST", path) if self.local else self._request("GET", path)
+    def _answer(self, what: str, answer: Any) -> dict:
+        if not isinstance(answer, dict):
+            raise ClientError(f"{what}: unexpected answer {str(answer)[:200]!r}")
+        return answer
+
+    def job(self, job: Job | str) -> Job:
+        """The SDK's ``Job`` for a job id (or the job itself)."""
+        return job if isinstance(job, Job) else Job(self.endpoint.endpoint_id, str(job), self.endpoint.rp_client)
 
     # -------------------------------------------------------------- operations
 
-    def run(self, job_input: dict, *, webhook: str | None = None) -> str:
-        """Queue a job; return its id."""
-        body: dict[str, Any] = {"input": job_input}
-        if webhook:
-            body["webhook"] = webhook
-        answer = self._request("POST", "/run", body=body)
-        if not answer.get("id"):
-            raise ClientError(f"/run returned no job id: {answer}")
-        return str(answer["id"])
+    def run(self, job_input: dict, *, webhook: str | None = None) -> Job:
+        """Queue a job with the SDK's ``Endpoint.run``; return its ``Job``."""
+        body: dict[str, Any] = {"input": job_input, **({"webhook": webhook} if webhook else {})}
+        try:
+            return self._call("/run", self.endpoint.run, body)
+        except (KeyError, TypeError):
+            raise ClientError("/run returned no job id") from None
 
-    def status(self, job_id: str) -> dict:
-        return self._read(f"/status/{job_id}")
+    def status(self, job: Job | str) -> dict:
+        job = self.job(job)
+        path = f"{job.endpoint_id}/status/{job.job_id}"
+        return self._answer("/status", self._call("/status", job.rp_client.get, path, timeout=self.timeout_s))
 
-    def cancel(self, job_id: str) -> dict:
-        return self._request("POST", f"/cancel/{job_id}")
+    def cancel(self, job: Job | str) -> dict:
+        return self._answer("/cancel", self._call("/cancel", self.job(job).cancel, timeout=self.timeout_s))
 
-    def wait(self, job_id: str, *, timeout_s: float = 900.0, on_status: Callable[[dict], None] | None = None) -> dict:
+    def wait(
+        self, job: Job | str, *, timeout_s: float = 900.0, on_status: Callable[[dict], None] | None = None
+    ) -> dict:
         """Poll /status until the job reaches a final state; return that status response."""
+        job = self.job(job)
         deadline = time.monotonic() + timeout_s
         interval = self.poll_interval_s
         while True:
-            job = self.status(job_id)
+            state = self.status(job)
             if on_status:
-                on_status(job)
-            if job.get("status") in FINAL_STATES:
-                return job
+                on_status(state)
+            if state.get("status") in FINAL_STATES:
+                return state
             if time.monotonic() >= deadline:
-                raise ClientError(f"job {job_id} is still {job.get('status')} after {timeout_s:g} s")
+                raise ClientError(f"job {job.job_id} is still {state.get('status')} after {timeout_s:g} s")
             time.sleep(interval)
             interval = min(interval * 1.5, max(self.poll_interval_s, 5.0))
 
     def runsync(self, job_input: dict, *, wait_ms: int | None = None, timeout_s: float = 900.0) -> dict:
-        """Run a job synchronously; if RunPod answers before it ends (long jobs), poll until it does."""
-        params = {"wait": int(wait_ms)} if wait_ms and not self.local else None
-        job = self._request("POST", "/runsync", body={"input": job_input}, params=params)
-        if job.get("status") in FINAL_STATES:
-            return job
-        if not job.get("id"):
-            raise ClientError(f"/runsync returned neither a result nor a job id: {job}")
-        return self.wait(str(job["id"]), timeout_s=timeout_s)
+        """Run a job synchronously; if RunPod answers before it ends (long jobs), poll until it does.
 
-    def stream(self, job_id: str, *, timeout_s: float = 900.0) -> Iterator[Any]:
+        Not the SDK's ``run_sync``: that returns only the output, so a failed job's error is lost.
+        """
+        path = f"{self.endpoint.endpoint_id}/runsync"
+        if wait_ms and not self.local:
+            path += f"?wait={int(wait_ms)}"
+        answer = self._call("/runsync", self.endpoint.rp_client.post, path, {"input": job_input}, timeout=timeout_s)
+        answer = self._answer("/runsync", answer)
+        if answer.get("status") in FINAL_STATES:
+            return answer
+        if not answer.get("id"):
+            raise ClientError(f"/runsync returned neither a result nor a job id: {str(answer)[:200]}")
+        return self.wait(answer["id"], timeout_s=timeout_s)
+
+    def stream(self, job: Job | str, *, timeout_s: float = 900.0) -> Iterator[Any]:
         """Yield the job's streamed outputs in order until the job ends.
 
         Each /stream answer carries the chunks produced since the previous call, as
-        ``{"status": ..., "stream": [{"output": ...}, ...]}``. A failed job raises :class:`JobFailed`.
+        ``{"status": ..., "stream": [{"output": ...}, ...]}``. A failed job raises :class:`JobFailed`
+        (the SDK's ``Job.stream`` would end silently and has no time limit).
         """
+        job = self.job(job)
+        path = f"{job.endpoint_id}/stream/{job.job_id}"
         deadline = time.monotonic() + timeout_s
         while True:
-            answer = self._read(f"/stream/{job_id}")
+            answer = self._answer("/stream", self._call("/stream", job.rp_client.get, path, timeout=self.timeout_s))
             for chunk in answer.get("stream") or []:
                 yield chunk.get("output") if isinstance(chunk, dict) and "output" in chunk else chunk
             state = answer.get("status")
             if state in FINAL_STATES:
                 if state != "COMPLETED":
-                    raise JobFailed(f"job {job_id} {state}: {job_error(answer)}", answer)
+                    raise JobFailed(f"job {job.job_id} {state}: {job_error(answer)}", answer)
                 return
             if time.monotonic() >= deadline:
-                raise ClientError(f"job {job_id} is still streaming after {timeout_s:g} s")
+                raise ClientError(f"job {job.job_id} is still streaming after {timeout_s:g} s")
             time.sleep(self.poll_interval_s)
 
     # --------------------------------------------------------------- synthesis
 
     def synthesize(self, job_input: dict, *, mode: str = "runsync", timeout_s: float = 900.0) -> dict:
-        """Run one job in ``mode`` and return its output (for ``stream``: ``{"chunks": [...]}``).
+        """Run one job in ``mode`` and return its output (for ``stream``: ``{"id", "chunks": [...]}``).
 
         Raises :class:`JobFailed` with the worker's error message when the job fails.
         """
         if mode == "stream":
-            job_id = self.run({**job_input, "stream": True})
-            chunks = list(self.stream(job_id, timeout_s=timeout_s))
+            job = self.run({**job_input, "stream": True})
+            chunks = list(self.stream(job, timeout_s=timeout_s))
             failed = [c for c in chunks if isinstance(c, dict) and c.get("error")]
             if failed:
-                raise JobFailed(f"job {job_id} failed: {failed[-1]['error']}", {"id": job_id, "stream": chunks})
-            return {"id": job_id, "chunks": chunks}
+                raise JobFailed(f"job {job.job_id} failed: {failed[-1]['error']}", {"id": job.job_id, "stream": chunks})
+            return {"id": job.job_id, "chunks": chunks}
         if mode == "runsync":
-            job = self.runsync(job_input, timeout_s=timeout_s)
+            state = self.runsync(job_input, timeout_s=timeout_s)
         elif mode == "run":
-            job = self.wait(self.run(job_input), timeout_s=timeout_s)
+            state = self.wait(self.run(job_input), timeout_s=timeout_s)
         else:
             raise ClientError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-        output = job.get("output")
+        output = state.get("output")
         if isinstance(output, list) and len(output) == 1:  # a streaming endpoint wraps every output in a list
-            output = job["output"] = output[0]
-        if job.get("status") != "COMPLETED" or (isinstance(output, dict) and output.get("error")):
-            raise JobFailed(f"job {job.get('id')} {job.get('status')}: {job_error(job)}", job)
+            output = state["output"] = output[0]
+        if state.get("status") != "COMPLETED" or (isinstance(output, dict) and output.get("error")):
+            raise JobFailed(f"job {state.get('id')} {state.get('status')}: {job_error(state)}", state)
         if not isinstance(output, dict):
-            raise ClientError(f"job {job.get('id')} returned no output object: {str(output)[:200]!r}")
-        return {"id": job.get("id"), **output}
+            raise ClientError(f"job {state.get('id')} returned no output object: {str(output)[:200]!r}")
+        return {"id": state.get("id"), **output}
 
 
 # ------------------------------------------------------------------- audio files
 
 
-def save_audio(output: dict, path: str | os.PathLike) -> Path:
+def output_format_for(path: str | os.PathLike | None, given: str | None) -> str:
+    """The output format: ``given``, else the one ``path``'s extension names, else wav.
+
+    A path whose extension belongs to another format than ``given`` is refused, so a file's name
+    never lies about its bytes; an extension no format uses needs ``given``.
+    """
+    suffix = Path(path).suffix.lower() if path is not None else ""
+    named = next((fmt for fmt, suffixes in EXTENSIONS.items() if suffix in suffixes), None)
+    if given is not None:
+        if named is not None and named != given:
+            raise ClientError(f"--out {path} names {named} but --format is {given}; make them agree")
+        return given
+    if named is not None:
+        return named
+    if suffix:
+        raise ClientError(f"--out {path}: cannot tell the format from {suffix!r}; give --format {'|'.join(EXTENSIONS)}")
+    return "wav"
+
+
+def audio_file_base64(path: str | os.PathLike, option: str) -> str:
+    """An audio file's bytes as base64 for ``reference_audio`` (the worker decodes and checks it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClientError(f"{option} {path}: no such file")
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def speaker_sources(items: list[str]) -> dict[str, Any]:
+    """``--speaker N=VOICE`` options -> the request's ``speakers``: an audio file becomes a reference."""
+    speakers: dict[str, Any] = {}
+    for item in items:
+        number, sep, voice = (part.strip() for part in item.partition("="))
+        if not (sep and number and voice):
+            raise ClientError(f"--speaker {item!r}: expected N=VOICE, e.g. --speaker 1=carter or --speaker 1=me.wav")
+        if number in speakers:
+            raise ClientError(f"--speaker {number} is given twice")
+        is_file = Path(voice).is_file()
+        speakers[number] = {"reference_audio": audio_file_base64(voice, "--speaker")} if is_file else voice
+    return speakers
+
+
+def save_audio(output: dict, path: str | os.PathLike, expected_format: str | None = None) -> Path:
     """Write a job's audio (inline ``audio_b64``, or downloaded from ``audio_url`` when the worker uploaded it)."""
     output = output if isinstance(output, dict) else {}
+    if expected_format and output.get("format") not in (None, expected_format):
+        raise ClientError(f"asked for {expected_format} but the worker returned {output.get('format')}")
     if output.get("audio_b64"):
         data = base64.b64decode(output["audio_b64"], validate=True)
     elif output.get("audio_url"):
@@ -273,9 +377,15 @@ def _parser() -> argparse.ArgumentParser:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--endpoint", help="RunPod endpoint id (API key from RUNPOD_API_KEY)")
     target.add_argument("--local", metavar="URL", help="the SDK's local API server, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--text", required=True, help="what to say")
-    parser.add_argument("--out", default="out.wav", help="WAV file to write (default out.wav)")
-    parser.add_argument("--voice", help="library voice name")
+    parser.add_argument("--text", required=True, help="what to say: plain text or 'Speaker N:' lines")
+    parser.add_argument("--out", help="file to write (default out.<format>)")
+    parser.add_argument(
+        "--format", choices=list(EXTENSIONS), help="output format (default: from --out's extension, else wav)"
+    )
+    voice = parser.add_mutually_exclusive_group()
+    voice.add_argument("--voice", help="library voice name")
+    voice.add_argument("--reference", metavar="FILE", help="an audio file of the voice to clone")
+    parser.add_argument("--speaker", action="append", default=[], metavar="N=VOICE", help=SPEAKER_HELP)
     parser.add_argument("--seed", type=int, help="seed, for repeatable output")
     parser.add_argument("--mode", choices=MODES, default="runsync", help="how to submit the job (default runsync)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the job (default 900)")
@@ -286,14 +396,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def build_input(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The job input for the CLI's options, and the output format (checked against ``--out``)."""
+    output_format = output_format_for(args.out, args.format)
+    if args.mode == "stream" and output_format != "wav":
+        raise ClientError(f"--mode stream writes WAV (streamed chunks are PCM); not {output_format}")
     job_input: dict[str, Any] = {"text": args.text}
+    if output_format != "wav":
+        job_input["output_format"] = output_format
     if args.voice:
         job_input["voice"] = args.voice
+    if args.reference:
+        job_input["reference_audio"] = audio_file_base64(args.reference, "--reference")
+    if args.speaker:
+        job_input["speakers"] = speaker_sources(args.speaker)
     if args.seed is not None:
         job_input["seed"] = args.seed
+    return job_input, output_format
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
+        job_input, output_format = build_input(args)
+        out = args.out or f"out.{output_format}"
         client = RunPodClient(
             args.endpoint,
             api_key=None if args.local else os.environ.get("RUNPOD_API_KEY"),
@@ -304,10 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         output = client.synthesize(job_input, mode=args.mode, timeout_s=args.timeout)
         if args.mode == "stream":
-            path = save_stream(output["chunks"], args.out)
+            path = save_stream(output["chunks"], out)
             summary = f"{len(output['chunks'])} streamed chunk(s)"
         else:
-            path = save_audio(output, args.out)
+            path = save_audio(output, out, expected_format=output_format)
             summary = f"{output.get('duration_seconds', 0):.2f} s of audio, voice {output.get('voice_used')}"
     except ClientError as error:
         print(f"vv-worker client: {error}", file=sys.stderr)

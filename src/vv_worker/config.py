@@ -8,6 +8,8 @@ so the worker stops before it loads anything instead of failing on the first job
 from __future__ import annotations
 
 import importlib.util
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -53,6 +55,9 @@ class Settings(BaseSettings):
         None, ge=1, le=64, description="Requests the fast engine steps together (unset: 8 on a GPU, 4 on the CPU)"
     )
     streaming: bool = Field(False, description="Make the RunPod handler a generator that can stream audio")
+    cpu_threads: str = Field(
+        "auto", pattern=r"^(auto|[1-9][0-9]{0,2})$", description="torch CPU threads: N, or auto (see cpu_thread_count)"
+    )
 
     cfg_scale: limits.CFG_SCALE.annotated() = Field(1.3, description="Default guidance scale")
     diffusion_steps: limits.DIFFUSION_STEPS.annotated() = Field(10, description="Default diffusion steps per frame")
@@ -167,6 +172,40 @@ def resolve_runtime(settings: Settings) -> Runtime:
             "and dtype bfloat16 or float16; use sdpa or auto"
         )
     return Runtime(device=device, dtype=dtype, attn_implementation=attn)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (containers)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def cpu_thread_count(setting: str) -> int:
+    """``VV_CPU_THREADS``: a number as given; ``auto``: half the usable CPUs, at least 1, at most 8.
+
+    Half, because torch's default (every core) let spinning OpenMP threads fight the rest of a busy
+    machine: on a shared 2-core machine one tiny-model request took 0.7-1.4 s with 1 thread and
+    7-15 s with 2 (README, Configuration).
+    """
+    return int(setting) if setting != "auto" else max(1, min(8, usable_cpus() // 2))
+
+
+def apply_cpu_threads(settings: Settings) -> int:
+    """Set torch's CPU thread count from the settings, before the model loads; return it."""
+    import torch
+
+    threads = cpu_thread_count(settings.cpu_threads)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _describe(error: ValidationError) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from .ahead import RunAhead
 from .audio import AudioError
-from .config import ConfigError, load_settings
+from .config import ConfigError, apply_cpu_threads, load_settings
 from .engine.base import EngineError, ProgressCallback
 from .fitness import FitnessError, check_gpu, register_fitness_checks
 from .http.encoders import SAMPLE_RATE, SPEECH_FORMATS
@@ -314,6 +314,7 @@ def main() -> None:
     try:
         settings = load_settings()
         check_gpu(settings)  # before loading: a 7B model must not start loading onto a CPU by mistake
+        apply_cpu_threads(settings)
         _service = SynthesisService.from_settings(settings)
     except (ConfigError, EngineError, FitnessError, ProvisionError) as error:
         print(f"vv-worker cannot start: {error}", file=sys.stderr)

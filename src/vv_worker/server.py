@@ -19,7 +19,7 @@ import threading
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, apply_cpu_threads, load_settings
 
 log = logging.getLogger("vv_worker.server")
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         check_streaming_engine(settings)
         listen = load_listen_settings(host=args.host, port=args.port)
         check_gpu(settings)
+        apply_cpu_threads(settings)
         sockets = [_bind(listen.host, listen.port)]
         if listen.health_port and listen.health_port != listen.port:
             sockets.append(_bind(listen.host, listen.health_port))  # the same routes; RunPod pings /ping there
