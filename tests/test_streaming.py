@@ -10,6 +10,7 @@ import re
 import threading
 import time
 import urllib.request
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -355,6 +356,10 @@ class FakeRunPod:
             def do_GET(self):
                 if self.path.startswith("/job-take/") and fake.jobs:
                     self._reply(200, json.dumps(fake.jobs.pop(0)).encode())
+                elif self.path.startswith("/job-take-batch/") and fake.jobs:  # a worker taking several at once
+                    size = int(parse_qs(urlsplit(self.path).query)["batch_size"][0])
+                    taken, fake.jobs[:] = fake.jobs[:size], fake.jobs[size:]
+                    self._reply(200, json.dumps(taken).encode())
                 else:
                     if self.path.startswith("/job-stop/"):
                         time.sleep(0.5)  # a long poll with nothing to stop
