@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from decimal import Decimal
 
 import numpy as np
 import pytest
 
 from vv_worker import longform
 from vv_worker.longform import CHUNK_MAX_CHARS, crossfade_join, split_text
+from vv_worker.pauses import Pause
 from vv_worker.prompt import parse_script
 
 SENTENCES = [
@@ -123,3 +125,34 @@ def test_crossfade_of_several_pieces_and_short_ones():
     assert out[0] == 1 and out[-1] == 5
     assert crossfade_join([], rate).size == 0
     np.testing.assert_array_equal(crossfade_join([pieces[0]], rate), pieces[0])
+
+
+def test_layout_splits_at_pauses_then_into_chunks():
+    long_paragraph = chapter(1, sentences_per_paragraph=20)
+    text = f"Speaker 1: Opening. [pause 2s] {long_paragraph}\nSpeaker 2: Reply. [pause 500ms]\nSpeaker 1: End."
+    timeline, left_out = longform.layout(text)
+    assert left_out == []
+    kinds = ["pause" if isinstance(item, Pause) else "chunk" for item in timeline]
+    assert kinds[:2] == ["chunk", "pause"] and kinds[-2:] == ["pause", "chunk"] and kinds.count("pause") == 2
+    chunks = [item for item in timeline if isinstance(item, str)]
+    assert len(chunks) > 3 and all(len(c) <= CHUNK_MAX_CHARS for c in chunks)
+    said = [pair for chunk in chunks for pair in spoken(chunk)]
+    assert said == spoken(text.replace("[pause 2s] ", "").replace(" [pause 500ms]", ""))
+    assert [item.seconds for item in timeline if isinstance(item, Pause)] == [2, Decimal("0.5")]
+
+
+@pytest.mark.parametrize("rate", [24000, 44100])
+def test_assemble_crossfades_runs_and_keeps_pauses_exact_at_the_output_rate(rate):
+    import soxr
+
+    rng = np.random.default_rng(1)
+    a, b, c = (rng.uniform(0.2, 0.4, n).astype(np.float32) for n in (24000, 12000, 18000))
+    pause = Pause(Decimal("0.75"))
+    out = longform.assemble([a, b, pause, c], rate, render=lambda s: soxr.resample(s, 24000, rate))
+    overlap = round(longform.CROSSFADE_SECONDS * 24000)
+    run = soxr.resample(crossfade_join([a, b], 24000), 24000, rate)
+    assert run.size == round((a.size + b.size - overlap) * rate / 24000)
+    silence = round(0.75 * rate)
+    assert out.size == run.size + silence + soxr.resample(c, 24000, rate).size
+    np.testing.assert_array_equal(out[: run.size], run)
+    assert not out[run.size : run.size + silence].any() and out[run.size + silence] != 0

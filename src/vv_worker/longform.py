@@ -17,9 +17,14 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 
+from .audio import MODEL_SAMPLE_RATE
+from .pauses import Pause
+from .pauses import join as join_pauses
+from .pauses import split as split_pauses
 from .prompt import _SPEAKER_LINE as SPEAKER_LINE
 
 CHUNK_MAX_CHARS = 600
@@ -128,3 +133,40 @@ def crossfade_join(pieces: list[np.ndarray], rate: int, seconds: float = CROSSFA
         out[end : start + piece.size] = piece[overlap:]
         end = start + piece.size
     return out
+
+
+def layout(text: str, field: str = "text", limit: int = CHUNK_MAX_CHARS) -> tuple[list[str | Pause], list[str]]:
+    """A text -> its timeline: chunks to generate and pauses, in order; plus the pieces with nothing to say.
+
+    Pause tags split the text first (``pauses.split``), then every piece longer than ``limit`` is split into
+    chunks. Raises ``PauseError`` for a bad tag.
+    """
+    items, left_out = split_pauses(text, field)
+    timeline: list[str | Pause] = []
+    for item in items:
+        timeline.extend([item] if isinstance(item, Pause) else split_text(item, limit))
+    return timeline, left_out
+
+
+def assemble(
+    timeline: list[np.ndarray | Pause], rate: int, render: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
+    """Generated chunks (24 kHz) and pauses -> one signal at ``rate``.
+
+    Consecutive chunks are crossfaded into a run; each run goes through ``render`` (speed, trimming,
+    resampling to ``rate``: whatever changes the speech), then runs and pauses are joined with the pauses
+    made at ``rate``, so they are exact there (``pauses.join``).
+    """
+    render = render or (lambda samples: samples)
+    pieces: list[np.ndarray | Pause] = []
+    run: list[np.ndarray] = []
+    for item in [*timeline, None]:
+        if isinstance(item, np.ndarray):
+            run.append(item)
+            continue
+        if run:
+            pieces.append(render(crossfade_join(run, MODEL_SAMPLE_RATE)))
+            run = []
+        if item is not None:
+            pieces.append(item)
+    return join_pauses(pieces, rate)
