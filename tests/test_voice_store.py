@@ -193,3 +193,21 @@ def test_a_voice_registered_here_is_loaded_by_a_fresh_process(store):
     )
     out = subprocess.run([sys.executable, "-c", code, str(store.root)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == samples_sha256(samples)
+
+
+def test_catalog_finds_library_voices_first_then_registered_ones(library_dir, tmp_path):
+    from vv_worker.voice_store import VoiceCatalog
+
+    store = VoiceStore(tmp_path / "store")
+    catalog = VoiceCatalog(library_dir, store)
+    samples = speechlike(1.5, seed=4)
+    store.register("Guest-1", samples)
+    assert np.array_equal(catalog.load("guest-1"), samples) and catalog.canonical("GUEST-1") == "Guest-1"
+    assert catalog.canonical("ALICE") == "alice" and catalog.load("alice").size > 24000
+    assert "guest-1" not in [n.lower() for n in catalog.names()]  # never handed out to unnamed speakers
+    with pytest.raises(
+        VoiceError, match=r"unknown voice 'nobody'; library voices: alice, .*registered voices: guest-1"
+    ):
+        catalog.load("nobody")
+    with pytest.raises(VoiceError, match=r"unknown voice '\.\./guest-1'"):
+        catalog.load("../guest-1")

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import MODEL_SAMPLE_RATE
-from .voices import VoiceError
+from .voices import VoiceError, VoiceLibrary
 
 RUNPOD_VOLUME = Path("/runpod-volume")
 VOLUME_FOLDER = "vv-worker/voices"  # under the volume
@@ -268,3 +268,37 @@ class VoiceStore:
             raise VoiceError(f"name: no registered voice {name!r}") from None
         with self._lock:
             self._cache.pop(key, None)
+
+
+class VoiceCatalog(VoiceLibrary):
+    """The voice library plus the registered voices, for looking voices up by name.
+
+    A name is looked up in the library first (a registered voice cannot take a library name), then in the
+    store. Only library voices are handed to speakers a request gives no voice (``names``, ``default``).
+    """
+
+    def __init__(self, folder: Path, store: VoiceStore):
+        super().__init__(folder)
+        self.store = store
+
+    def in_library(self, name: str) -> bool:
+        entry = self.entries.get(name.lower()) if isinstance(name, str) else None
+        return entry is not None and (self.folder / entry.file).is_file()
+
+    def load(self, name: str) -> np.ndarray:
+        if self.in_library(name):
+            return super().load(name)
+        if self.store.has(name):
+            return self.store.load(name)
+        registered = self.store.names()
+        shown = ", ".join(registered[:20]) + (f" and {len(registered) - 20} more" if len(registered) > 20 else "")
+        raise VoiceError(
+            f"voice: unknown voice {name!r}; library voices: {', '.join(self.names()) or 'none'}; "
+            f"registered voices: {shown or 'none'}"
+        )
+
+    def canonical(self, name: str) -> str:
+        if self.in_library(name):
+            return super().canonical(name)
+        self.load(name)
+        return str(self.store.info(name)["name"])
