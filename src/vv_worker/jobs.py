@@ -1,9 +1,9 @@
 """Several generation jobs of one request (segments, chunks, pieces between pauses), run from a thread pool.
 
-Jobs are submitted together so an engine that batches concurrent calls runs them as one batch. An engine
-that is not safe to call from several threads (``thread_safe`` false or absent) gets one worker: its jobs run
-one after another. Progress is reported over all the jobs together; the first failure stops the others (at
-their next generation step) and is raised.
+Jobs are submitted together so an engine that batches concurrent calls (the fast engine: it has
+``max_batch``) steps them as one batch; up to ``max_batch`` are in flight at once. Other engines (oracle,
+reference) take one request at a time, so their jobs run one after another. Progress is reported over all
+the jobs together; the first failure stops the others (at their next generation step) and is raised.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from .engine.base import Engine, GenerationJob, GenerationResult, ProgressCallback
 
-MAX_WORKERS = 8  # jobs of one request in flight at once on an engine that batches them
-
 
 def workers_for(engine: Engine) -> int:
-    return MAX_WORKERS if getattr(engine, "thread_safe", False) else 1
+    """Jobs of one request in flight at once: the engine's batch size, or 1 for an engine that does not batch."""
+    return max(1, int(getattr(engine, "max_batch", None) or 1))
 
 
 class _Progress:
