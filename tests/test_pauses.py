@@ -94,6 +94,8 @@ def test_scripts_keep_the_speaker_across_a_pause():
         Pause(Decimal("0.3"), 76),
     ]
     assert left_out == ["Speaker 1: ."]  # only punctuation after the last tag: nothing to say
+    # a label with nothing before a tag is not text that was left out
+    assert pauses.split("Speaker 1: [pause 1s] Hi.") == ([Pause(Decimal(1), 12), "Speaker 1: Hi."], [])
 
 
 def test_no_tag_text_survives_in_the_pieces():

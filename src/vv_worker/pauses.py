@@ -48,6 +48,11 @@ class Pause:
         return silence_samples(self.seconds, rate)
 
 
+def has_tags(text: str) -> bool:
+    """Whether ``text`` holds anything that starts like a pause tag (valid or not)."""
+    return _START.search(text) is not None
+
+
 def silence_samples(seconds: Decimal | float, rate: int) -> int:
     """Samples of ``seconds`` at ``rate``, to the nearest sample (ties to even), computed in decimal."""
     exact = Decimal(str(seconds)) * rate
@@ -121,10 +126,14 @@ def find_pauses(text: str, field: str = "text") -> list[tuple[int, int, Pause]]:
     return found
 
 
+def _said(text: str) -> str:
+    """``text`` without its ``Speaker N:`` labels."""
+    return "\n".join(m.group(2) if (m := SPEAKER_LINE.match(row)) else row for row in text.split("\n"))
+
+
 def speakable(text: str) -> bool:
     """Whether ``text`` (labels removed) has anything to say: at least one letter or digit."""
-    rows = [(m.group(2) if (m := SPEAKER_LINE.match(row)) else row) for row in text.split("\n")]
-    return any(_SPEAKABLE.search(row) for row in rows)
+    return _SPEAKABLE.search(_said(text)) is not None
 
 
 def split(text: str, field: str = "text") -> tuple[list[str | Pause], list[str]]:
@@ -146,7 +155,10 @@ def split(text: str, field: str = "text") -> tuple[list[str | Pause], list[str]]
             for row in piece.split("\n"):
                 if match := SPEAKER_LINE.match(row):
                     label = f"Speaker {match.group(1)}:"
-            (items if speakable(piece) else left_out).append(piece)
+            if speakable(piece):
+                items.append(piece)
+            elif _said(piece).strip():
+                left_out.append(piece)
         if pause is not None:
             items.append(pause)
         cursor = end

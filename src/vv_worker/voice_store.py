@@ -41,14 +41,14 @@ from pathlib import Path
 import numpy as np
 
 from .audio import MODEL_SAMPLE_RATE
+from .limits import DEFAULT_MAX_REGISTERED_VOICES, REGISTERED_VOICE_DESCRIPTION_CHARS
 from .voices import VoiceError, VoiceLibrary
 
 RUNPOD_VOLUME = Path("/runpod-volume")
 VOLUME_FOLDER = "vv-worker/voices"  # under the volume
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
 NAME_RULE = "1 to 48 characters: letters, digits, '-' and '_', starting with a letter or digit"
-MAX_VOICES = 100
-MAX_DESCRIPTION_CHARS = 200
+MAX_DESCRIPTION_CHARS = REGISTERED_VOICE_DESCRIPTION_CHARS
 SUFFIX = ".npz"
 FORMAT_VERSION = 1
 CACHED_VOICES = 16  # decoded voices kept in memory per process
@@ -76,7 +76,12 @@ class VoiceStore:
     """Registered voices under ``root``; safe to share between threads, processes and workers."""
 
     def __init__(
-        self, root: Path, *, max_voices: int = MAX_VOICES, min_seconds: float = 1.0, max_seconds: float = 60.0
+        self,
+        root: Path,
+        *,
+        max_voices: int = DEFAULT_MAX_REGISTERED_VOICES,
+        min_seconds: float = 1.0,
+        max_seconds: float = 60.0,
     ):
         self.root = Path(root)
         self.max_voices = max_voices
