@@ -25,7 +25,7 @@ from api_server import ApiServer, error_text, free_port
 from conftest import decode_wav, speechlike
 
 from vv_worker.engine import SAMPLES_PER_FRAME
-from vv_worker.limits import DEFAULT_MAX_TEXT_CHARS, MAX_SEGMENTS
+from vv_worker.limits import DEFAULT_MAX_TEXT_CHARS, DEFAULT_MAX_TEXT_TOKENS, MAX_SEGMENTS
 from vv_worker.pauses import MAX_PAUSES
 
 CORPUS_PATH = Path(__file__).parent / "data" / "bad_inputs.json"
@@ -113,7 +113,8 @@ BUILDERS = {
     "ref_w64": lambda: _reference(_encode(speechlike(1.5), 24000, "W64", "PCM_16")),
     "ref_wav_ulaw": lambda: _reference(_encode(speechlike(1.5), 24000, "WAV", "ULAW")),
     "unknown_keys_100000": lambda: {"text": "Hi.", **{f"key{i}": i for i in range(100_000)}},
-    "text_5000_emoji": lambda: {"text": "\U0001f600" * 5000},
+    # the tiny tokenizer takes 4 tokens per emoji (its 4 UTF-8 bytes)
+    "text_emoji_over_token_limit": lambda: {"text": "\U0001f600" * (DEFAULT_MAX_TEXT_TOKENS // 4 + 1)},
     "speaker_ref_silent_data_uri": lambda: {
         "text": "Speaker 1: a\nSpeaker 2: b",
         "speakers": {"1": {"reference_audio": "data:audio/wav;base64," + _b64(_encode(np.zeros(24000), 24000))}},

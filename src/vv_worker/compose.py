@@ -19,7 +19,6 @@ piece between pauses of a segment uses the segment's seed, so each starts from t
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import time
 from dataclasses import dataclass
@@ -104,41 +103,60 @@ def compose(payload: object, *, settings: Settings, library: VoiceLibrary, count
     segments = request.segments or [Segment.model_construct(text=request.text)]
     prefixes = [f"segments.{i}." if request.segments else "" for i in range(len(segments))]
 
-    scripts, layouts = [], []
+    scripts: list[Script] = []
+    timelines: list[list[tuple[str, Script] | Pause]] = []  # per segment: each chunk's text and script; pauses
+    left_outs: list[list[str]] = []
     for segment, prefix in zip(segments, prefixes, strict=True):
         try:
             scripts.append(parse_script(segment.text))
         except ScriptError as error:
             raise _prefixed(error, prefix) from None
         try:
-            layouts.append(layout(segment.text, f"{prefix}text"))
+            timeline, left_out = layout(segment.text, f"{prefix}text")
         except PauseError as error:
             raise RequestError(f"invalid input: {error}") from None
+        # a chunk of a valid text is a valid text: longform keeps every label
+        timelines.append([item if isinstance(item, Pause) else (item, parse_script(item)) for item in timeline])
+        left_outs.append(left_out)
+    tokens = [
+        [sum(count_tokens(line.text) for line in item[1].lines) for item in timeline if not isinstance(item, Pause)]
+        for timeline in timelines
+    ]
+    total = sum(map(sum, tokens))
+    if total > settings.max_text_tokens:
+        raise RequestError(
+            f"invalid input: {'segments' if request.segments else 'text'}: {total:,} tokens by the model's "
+            f"tokenizer, more than the limit of {settings.max_text_tokens:,} (VV_MAX_TEXT_TOKENS); emoji and some "
+            "scripts take several tokens per character: split the text into several requests (it is never truncated)"
+        )
 
     voices_by_number, warnings = _cast(request, segments, scripts, prefixes, settings, library, limit)
     drawn = secrets.randbelow(2**32)
     plans = []
-    for index, (segment, prefix, script, (timeline, left_out)) in enumerate(
-        zip(segments, prefixes, scripts, layouts, strict=True)
+    for index, (segment, prefix, script, timeline) in enumerate(
+        zip(segments, prefixes, scripts, timelines, strict=True)
     ):
         seed = next(s for s in (segment.seed, request.seed, drawn) if s is not None)
         voices = voices_by_number[index]
         items: list[Chunk | Pause] = []
+        counts = iter(tokens[index])
         for item in timeline:
             if isinstance(item, Pause):
                 items.append(item)
-            else:
-                chunk = _chunk(len(items) - sum(isinstance(i, Pause) for i in items), item, voices, seed)
-                _check_tokens(chunk, prefix, settings, count_tokens)
-                chunk.job = dataclasses.replace(
-                    chunk.job,
-                    cfg_scale=request.cfg_scale if request.cfg_scale is not None else settings.cfg_scale,
-                    diffusion_steps=request.diffusion_steps or settings.diffusion_steps,
-                    max_frames=frame_cap(settings, item),
-                    temperature=request.voice_settings.temperature,
-                    should_stop=limit.reason,
-                )
-                items.append(chunk)
+                continue
+            text, chunk_script = item
+            by_prompt = {k: voices[n].samples for k, n in enumerate(chunk_script.speaker_numbers)}
+            job = GenerationJob(
+                script=chunk_script.lines,
+                voices={k: samples for k, samples in by_prompt.items() if samples is not None},
+                seed=seed,
+                cfg_scale=request.cfg_scale if request.cfg_scale is not None else settings.cfg_scale,
+                diffusion_steps=request.diffusion_steps or settings.diffusion_steps,
+                max_frames=frame_cap(settings, text),
+                temperature=request.voice_settings.temperature,
+                should_stop=limit.reason,
+            )
+            items.append(Chunk(len(items) - sum(isinstance(i, Pause) for i in items), text, next(counts), job))
         plans.append(
             SegmentPlan(
                 index=index,
@@ -149,38 +167,12 @@ def compose(payload: object, *, settings: Settings, library: VoiceLibrary, count
                 timeline=items,
                 warnings=[
                     f"{prefix}text: {piece!r} between pause tags has nothing to say and was not generated"
-                    for piece in left_out
+                    for piece in left_outs[index]
                 ],
             )
         )
     limit.check()
     return Composition(request, plans, warnings, started)
-
-
-def _chunk(index: int, text: str, voices: dict[int, ResolvedVoice], seed: int) -> Chunk:
-    """A chunk of a segment, with its speakers' voices; :func:`compose` sets the job's bounds and guidance."""
-    script = parse_script(text)  # a chunk of a valid text is valid: longform keeps every label
-    by_prompt = {k: voices[n].samples for k, n in enumerate(script.speaker_numbers)}
-    job = GenerationJob(
-        script=script.lines,
-        voices={k: samples for k, samples in by_prompt.items() if samples is not None},
-        seed=seed,
-        cfg_scale=1.0,
-        diffusion_steps=1,
-        max_frames=1,
-    )
-    return Chunk(index, text, 0, job)
-
-
-def _check_tokens(chunk: Chunk, prefix: str, settings: Settings, count_tokens: TokenCounter) -> None:
-    chunk.tokens = sum(count_tokens(line.text) for line in chunk.job.script)
-    if chunk.tokens > settings.max_text_tokens:
-        raise RequestError(
-            f"invalid input: {prefix}text: chunk {chunk.index} ({len(chunk.text)} characters) is "
-            f"{chunk.tokens:,} tokens by the model's tokenizer, more than one generation may take "
-            f"({settings.max_text_tokens:,}, VV_MAX_TEXT_TOKENS); emoji and some scripts take several tokens per "
-            "character: put paragraph breaks or sentence ends into long runs of such text"
-        )
 
 
 def _cast(

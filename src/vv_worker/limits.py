@@ -53,7 +53,7 @@ SPEAKER_NUMBER_DIGITS = 3  # the N of "Speaker N:" lines and of ``speakers`` key
 
 # --- text -------------------------------------------------------------------------------------------------------
 DEFAULT_MAX_TEXT_CHARS = 30_000  # a request's text, or all its segments' texts together: about 33 min of speech
-DEFAULT_MAX_TEXT_TOKENS = 6000  # one generation (chunk), by the checkpoint's tokenizer; see Settings.max_text_tokens
+DEFAULT_MAX_TEXT_TOKENS = 36_000  # all the request's text, by the checkpoint's tokenizer; see Settings.max_text_tokens
 # pause tags (pauses.py) and chunks (longform.py: CHUNK_MAX_CHARS) declare their own bounds next to their parsers
 
 # --- segments ---------------------------------------------------------------------------------------------------
