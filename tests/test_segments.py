@@ -276,3 +276,13 @@ def test_a_voice_registered_in_one_worker_process_is_used_by_name_from_a_fresh_o
         by_name = runsync(base, {"text": "Welcome back.", "voice": "host", "seed": 3})
     assert by_name["voice_used"] == "host"
     assert base64.b64decode(by_name["audio_b64"]) == base64.b64decode(by_reference["audio_b64"])
+
+
+def test_voice_actions_work_on_a_streaming_endpoint_too(svc):
+    reference = wav_base64(speechlike(1.5, seed=9), RATE)
+    items = list(svc.stream({"action": "register_voice", "name": "streamer", "reference_audio": reference}))
+    assert len(items) == 1 and items[0]["registered"]["name"] == "streamer"
+    assert [v["name"] for v in next(svc.stream({"action": "list_voices"}))["registered_voices"]] == ["streamer"]
+    assert list(svc.stream({"action": "delete_voice", "name": "streamer"})) == [
+        {"success": True, "deleted": "streamer"}
+    ]

@@ -93,11 +93,11 @@ class SynthesisService:
     def stream(self, payload: object, on_progress: ProgressCallback | None = None) -> Iterator[dict]:
         """For a streaming endpoint: chunks of PCM 16-bit 24 kHz while generating, then a summary.
 
-        A request without ``stream: true`` yields its ordinary response as the single item.
+        A job without ``stream: true`` (any action) yields its ordinary output as the single item.
         """
         try:
             if not (isinstance(payload, dict) and payload.get("stream") is True):
-                yield self.synthesize(payload, on_progress)
+                yield self.handle(payload, on_progress)  # every action, and synthesis without stream
                 return
             plan = self.plan(payload)
             yield from output.stream_items(plan, self.engine.stream(plan.job, on_progress=on_progress), self.engine)
