@@ -45,8 +45,8 @@ from .plan import (
     voice_sources,
 )
 from .prompt import Script, ScriptError, parse_script
-from .schema import VOICE_SOURCES, RequestError, Segment, SynthesisRequest, parse_request
-from .voices import VoiceLibrary
+from .schema import RequestError, Segment, SynthesisRequest, parse_request
+from .voices import VoiceError, VoiceLibrary
 
 
 @dataclass
@@ -86,10 +86,6 @@ def _prefixed(error: Exception, prefix: str) -> RequestError:
     """``error``'s message with the segment's field path put in front of the field it names."""
     message = str(error).removeprefix("invalid input: ")
     return RequestError(f"invalid input: {prefix}{message}")
-
-
-def _has_own_voice(segment: Segment) -> bool:
-    return bool(segment.speakers) or any(getattr(segment, name) for name in VOICE_SOURCES)
 
 
 def compose(payload: object, *, settings: Settings, library: VoiceLibrary, count_tokens: TokenCounter) -> Composition:
@@ -191,13 +187,17 @@ def _cast(
         key = (source.voice, source.reference_audio, source.reference_audio_url)
         if key not in loaded:
             limit.check()
-            loaded[key] = load_voice(source, field, settings, library, limit)
+            try:
+                loaded[key] = load_voice(source, field, settings, library, limit)
+            except VoiceError as error:  # a library lookup names the field ``voice``: say whose it is
+                message = str(error)
+                raise VoiceError(f"{field}{message}" if message.startswith("voice: ") else message) from None
         return loaded[key]
 
     overrides: list[dict[int, ResolvedVoice]] = []
     for segment, script, prefix in zip(segments, scripts, prefixes, strict=True):
         own: dict[int, ResolvedVoice] = {}
-        if request.segments and _has_own_voice(segment):
+        if request.segments:
             try:
                 sources = voice_sources(segment, script)
             except RequestError as error:
@@ -211,10 +211,9 @@ def _cast(
     needed = sorted({n for s, own in zip(scripts, overrides, strict=True) for n in s.speaker_numbers if n not in own})
     sources = voice_sources(request, Script(lines=[], speaker_numbers=every, is_dialogue=dialogue))
     warnings = [
-        f"{field or ''}{name}: not used: every segment with Speaker {every[speaker]} gives its own voice for it"
-        for speaker, (source, field) in sources.items()
+        f"the request's voice for Speaker {every[speaker]} is not used: every segment with that speaker gives its own"
+        for speaker in sources
         if every[speaker] not in needed
-        for name in (["speakers"] if field else [n for n in VOICE_SOURCES if getattr(source, n)])
     ]
     position = {n: j for j, n in enumerate(needed)}
     kept = {position[every[speaker]]: pair for speaker, pair in sources.items() if every[speaker] in position}
