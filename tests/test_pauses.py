@@ -142,3 +142,10 @@ def test_pauses_stay_exact_after_resampling(rate):
 
 def test_join_of_nothing_is_empty():
     assert pauses.join([], 24000).size == 0
+
+
+def test_only_pieces_between_tags_can_be_left_out_and_symbols_are_speech():
+    assert pauses.split("...") == (["..."], [])  # no tags: the text is generated as it is
+    assert pauses.split("\U0001f600\U0001f600") == (["\U0001f600\U0001f600"], [])
+    assert pauses.split("\U0001f600 [pause 1s] !?") == (["\U0001f600", Pause(Decimal(1), 3)], ["!?"])
+    assert pauses.speakable("100 %") and pauses.speakable("€") and not pauses.speakable("Speaker 2: ¡…!")

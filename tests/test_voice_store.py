@@ -206,7 +206,7 @@ def test_catalog_finds_library_voices_first_then_registered_ones(library_dir, tm
     assert catalog.canonical("ALICE") == "alice" and catalog.load("alice").size > 24000
     assert "guest-1" not in [n.lower() for n in catalog.names()]  # never handed out to unnamed speakers
     with pytest.raises(
-        VoiceError, match=r"unknown voice 'nobody'; library voices: alice, .*registered voices: guest-1"
+        VoiceError, match=r"unknown voice 'nobody'; available voices: alice, .*registered voices: guest-1"
     ):
         catalog.load("nobody")
     with pytest.raises(VoiceError, match=r"unknown voice '\.\./guest-1'"):

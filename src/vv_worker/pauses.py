@@ -13,6 +13,7 @@ the tag and its 1-based character position in the cleaned text, so a typo is nev
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -30,7 +31,6 @@ _START = re.compile(r"\[\s*pause|<\s*break\b", re.IGNORECASE)
 _BREAK = re.compile(r"<\s*break\s+time\s*=\s*(?P<q>[\"'])(?P<body>[^\"'<>]*)(?P=q)\s*/?\s*>", re.IGNORECASE)
 _DURATION = re.compile(r"(?P<sign>[+-]?)(?P<number>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[^\W\d]+)")
 _UNITS = {"ms": Decimal("0.001"), "s": Decimal(1)}
-_SPEAKABLE = re.compile(r"[^\W_]")  # a letter or digit in any script
 
 
 class PauseError(ValueError):
@@ -132,22 +132,26 @@ def _said(text: str) -> str:
 
 
 def speakable(text: str) -> bool:
-    """Whether ``text`` (labels removed) has anything to say: at least one letter or digit."""
-    return _SPEAKABLE.search(_said(text)) is not None
+    """Whether ``text`` (labels removed) has anything to say: a character that is not punctuation, a space or a
+    control character (letters, digits, symbols such as emoji)."""
+    return any(not unicodedata.category(ch).startswith(("P", "Z", "C")) for ch in _said(text))
 
 
 def split(text: str, field: str = "text") -> tuple[list[str | Pause], list[str]]:
     """Text -> (text pieces and pauses in order, pieces left out); each piece is valid on its own as a text.
 
     In a ``Speaker N:`` script, a piece that starts inside a speaker's turn gets that speaker's label, so the
-    same voice speaks it. Pieces with nothing to say (only punctuation) are left out and returned second, so
-    the caller can warn.
+    same voice speaks it. Pieces between tags with nothing to say (only punctuation) are left out and returned
+    second, so the caller can warn.
     """
+    tags = find_pauses(text, field)
+    if not tags:
+        return [text.strip()], []  # a text without tags is generated as it is
     items: list[str | Pause] = []
     left_out: list[str] = []
     label: str | None = None  # the label of the turn the text has reached
     cursor = 0
-    for start, end, pause in [*find_pauses(text, field), (len(text), len(text), None)]:
+    for start, end, pause in [*tags, (len(text), len(text), None)]:
         piece = text[cursor:start].strip()
         if piece:
             if label is not None and not SPEAKER_LINE.match(piece.split("\n", 1)[0]):

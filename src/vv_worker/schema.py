@@ -139,15 +139,9 @@ class Segment(_Strict):
 class SynthesisRequest(_Strict):
     """One text-to-speech job. Validate with :func:`parse_request`."""
 
-    text: str | None = Field(
+    # ``str`` with a None default: leaving text out is allowed (for segments), an explicit null is not
+    text: str = Field(
         None, description="What to say; may hold pause tags. Control characters are removed; never truncated."
-    )
-    segments: list[Segment] | None = Field(
-        None, min_length=1, max_length=limits.MAX_SEGMENTS, description="Instead of text: one audio per segment"
-    )
-    concat: bool = Field(False, description="With segments: also return the segments joined, gap apart")
-    gap: limits.GAP_SECONDS.annotated() | None = Field(
-        None, description=f"With concat: seconds of silence between segments (default {limits.DEFAULT_GAP_SECONDS})"
     )
     voice: str | None = Field(None, min_length=1, max_length=limits.VOICE_NAME_CHARS, description="A library voice")
     reference_audio: str | None = Field(None, min_length=1, description="Base64 audio of the voice to clone")
@@ -166,6 +160,13 @@ class SynthesisRequest(_Strict):
     normalize: limits.LOUDNESS_LUFS.annotated() | None = Field(None, description="Target integrated loudness, LUFS")
     trim_silence: bool = Field(False, description="Trim leading and trailing silence from the output")
     stream: bool = Field(False, description="Yield audio chunks while generating (needs VV_STREAMING=true)")
+    segments: list[Segment] = Field(
+        None, min_length=1, max_length=limits.MAX_SEGMENTS, description="Instead of text: one audio per segment"
+    )
+    concat: bool = Field(False, description="With segments: also return the segments joined, gap apart")
+    gap: limits.GAP_SECONDS.annotated() | None = Field(
+        None, description=f"With concat: seconds of silence between segments (default {limits.DEFAULT_GAP_SECONDS})"
+    )
     action: Literal["synthesize"] = "synthesize"
 
     @field_validator("speakers", mode="before")

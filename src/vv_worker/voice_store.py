@@ -298,7 +298,7 @@ class VoiceCatalog(VoiceLibrary):
         registered = self.store.names()
         shown = ", ".join(registered[:20]) + (f" and {len(registered) - 20} more" if len(registered) > 20 else "")
         raise VoiceError(
-            f"voice: unknown voice {name!r}; library voices: {', '.join(self.names()) or 'none'}; "
+            f"voice: unknown voice {name!r}; available voices: {', '.join(self.names()) or 'none'}; "
             f"registered voices: {shown or 'none'}"
         )
 
