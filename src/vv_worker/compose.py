@@ -291,6 +291,9 @@ def _metadata(
         for chunk in capped
     ]
     metadata["metrics"]["chunks"] = len(chunks)
+    first_audio = results[0].extra.get("first_audio_seconds") if results else None
+    if first_audio is not None:  # of the first chunk: when the request's first audio was ready
+        metadata["metrics"]["first_audio_seconds"] = round(first_audio, 4)
     metadata["chunks"] = [
         {
             "index": chunk.index,
