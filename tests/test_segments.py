@@ -178,7 +178,11 @@ def test_segments_get_one_audio_each_and_an_exact_concatenation(svc):
         np.testing.assert_array_equal(joined[start : start + place["samples"]], audio)
         if start:
             assert not joined[start - gap : start].any()
-    assert out["metrics"]["segments"] == 3 and out["metrics"]["chunks"] == 4
+    metrics = out["metrics"]
+    assert metrics["segments"] == 3 and metrics["chunks"] == 4
+    assert metrics["frames"] == sum(s["metrics"]["frames"] for s in out["segments"])
+    assert metrics["engine"] == "fast" and metrics["model"] and metrics["sample_rate"] == RATE
+    assert metrics["execution_time"] == metrics["total_seconds"] >= metrics["generation_seconds"] > 0
     assert out["duration_seconds"] == sum(a.size for a in audios) / RATE
 
 

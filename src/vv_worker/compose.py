@@ -356,6 +356,7 @@ def respond(
             "loudness_lufs": rendered[0].loudness,
         }
 
+    metrics = dict(metas[0]["metrics"])  # engine, model, guidance: the same for every segment
     segments_out = []
     for index, (r, meta, delivery) in enumerate(zip(rendered, metas, deliveries, strict=False)):
         per_segment = meta.pop("metrics")
@@ -370,7 +371,6 @@ def respond(
                 "loudness_lufs": r.loudness,
             }
         )
-    metrics = dict(metas[0]["metrics"])  # engine, model, guidance: the same for every segment
     frames = sum(s["metrics"]["frames"] for s in segments_out)
     generated = frames * SAMPLES_PER_FRAME / audio.MODEL_SAMPLE_RATE
     metrics.update(
