@@ -289,3 +289,26 @@ def test_voice_actions_work_on_a_streaming_endpoint_too(svc):
     assert list(svc.stream({"action": "delete_voice", "name": "streamer"})) == [
         {"success": True, "deleted": "streamer"}
     ]
+
+
+def test_the_http_server_registers_lists_uses_and_deletes_voices(svc):
+    from fastapi.testclient import TestClient
+
+    from vv_worker.http.app import ServerState, create_app
+
+    reference = wav_base64(speechlike(1.5, seed=5), RATE)
+    with TestClient(create_app(ServerState(service=svc))) as http:
+        made = http.post("/v1/audio/voices", json={"name": "web-guest", "reference_audio": reference})
+        assert made.status_code == 200 and made.json()["registered"]["name"] == "web-guest"
+        again = http.post("/v1/audio/voices", json={"name": "web-guest", "reference_audio": reference})
+        assert again.status_code == 400 and "already registered" in again.json()["error"]["message"]
+        listed = http.get("/v1/audio/voices").json()
+        assert [v["name"] for v in listed["registered_voices"]] == ["web-guest"]
+        speech = http.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hello.", "voice": "web-guest"})
+        assert speech.status_code == 200 and len(speech.content) > 1000  # audio made with the registered voice
+        bad = http.delete("/v1/audio/voices/..%2Fvoices")
+        assert bad.status_code in (400, 404)
+        gone = http.delete("/v1/audio/voices/web-guest")
+        assert gone.status_code == 200 and gone.json() == {"success": True, "deleted": "web-guest"}
+        missing = http.delete("/v1/audio/voices/web-guest")
+        assert missing.status_code == 400 and "no registered voice 'web-guest'" in missing.json()["error"]["message"]

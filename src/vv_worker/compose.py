@@ -291,6 +291,9 @@ def _metadata(
         for chunk in capped
     ]
     metadata["metrics"]["chunks"] = len(chunks)
+    batch = max((result.extra.get("batch_size") or 0 for result in results), default=0)
+    if batch:  # fast engine: the most requests (chunks of this job included) stepped together
+        metadata["metrics"]["batch_size"] = batch
     first_audio = results[0].extra.get("first_audio_seconds") if results else None
     if first_audio is not None:  # of the first chunk: when the request's first audio was ready
         metadata["metrics"]["first_audio_seconds"] = round(first_audio, 4)
@@ -382,6 +385,9 @@ def respond(
         real_time_factor=round(generation_seconds / generated, 4) if frames else None,
         segments=len(segments_out),
     )
+    batch = max((m["metrics"].get("batch_size", 0) for m in metas), default=0)
+    if batch:
+        metrics["batch_size"] = batch
     response = {
         "success": True,
         **common,

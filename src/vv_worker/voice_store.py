@@ -35,7 +35,7 @@ import time
 import uuid
 import zipfile
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -220,7 +220,7 @@ class VoiceStore:
             "seconds": round(seconds, 4),
             "sample_rate": MODEL_SAMPLE_RATE,
             "sha256": samples_sha256(samples),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         buffer = io.BytesIO()
         np.savez(buffer, samples=samples, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8))
