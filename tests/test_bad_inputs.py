@@ -25,6 +25,8 @@ from api_server import ApiServer, error_text, free_port
 from conftest import decode_wav, speechlike
 
 from vv_worker.engine import SAMPLES_PER_FRAME
+from vv_worker.limits import DEFAULT_MAX_TEXT_CHARS, DEFAULT_MAX_TEXT_TOKENS, MAX_SEGMENTS
+from vv_worker.pauses import MAX_PAUSES
 
 CORPUS_PATH = Path(__file__).parent / "data" / "bad_inputs.json"
 CASES = json.loads(CORPUS_PATH.read_text())["cases"]
@@ -60,7 +62,28 @@ def _good_wav() -> bytes:
 
 
 BUILDERS = {
-    "text_over_limit": lambda: {"text": "a" * 5001},
+    "text_over_limit": lambda: {"text": "a" * (DEFAULT_MAX_TEXT_CHARS + 1)},
+    "pause_too_many": lambda: {"text": " ".join(["word [pause 1ms]"] * (MAX_PAUSES + 1))},
+    "pause_total_over": lambda: {"text": " ".join(["word [pause 10s]"] * 31)},
+    "segments_too_many": lambda: {"segments": [{"text": "Hi."}] * (MAX_SEGMENTS + 1)},
+    "segments_over_limit": lambda: {"segments": [{"text": "a" * (DEFAULT_MAX_TEXT_CHARS // 2 + 1)}] * 2},
+    "register_library_name": lambda: {"action": "register_voice", "name": "ANN", "reference_audio": _b64(_good_wav())},
+    "register_silent": lambda: {
+        "action": "register_voice",
+        "name": "quiet",
+        "reference_audio": _b64(_encode(np.zeros(2 * 24000, np.float32), 24000)),
+    },
+    "register_too_short": lambda: {
+        "action": "register_voice",
+        "name": "brief",
+        "reference_audio": _b64(_encode(speechlike(0.4), 24000)),
+    },
+    "register_long_description": lambda: {
+        "action": "register_voice",
+        "name": "wordy",
+        "reference_audio": _b64(_good_wav()),
+        "description": "d" * 201,
+    },
     "url_too_long": lambda: {"text": "Hi.", "reference_audio_url": "https://example.com/" + "a" * 4100},
     "ref_png": lambda: _reference(b"\x89PNG\r\n\x1a\n" + bytes(200)),
     "ref_truncated_header": lambda: _reference(_good_wav()[:20]),
@@ -90,7 +113,8 @@ BUILDERS = {
     "ref_w64": lambda: _reference(_encode(speechlike(1.5), 24000, "W64", "PCM_16")),
     "ref_wav_ulaw": lambda: _reference(_encode(speechlike(1.5), 24000, "WAV", "ULAW")),
     "unknown_keys_100000": lambda: {"text": "Hi.", **{f"key{i}": i for i in range(100_000)}},
-    "text_5000_emoji": lambda: {"text": "\U0001f600" * 5000},
+    # the tiny tokenizer takes 4 tokens per emoji (its 4 UTF-8 bytes)
+    "text_emoji_over_token_limit": lambda: {"text": "\U0001f600" * (DEFAULT_MAX_TEXT_TOKENS // 4 + 1)},
     "speaker_ref_silent_data_uri": lambda: {
         "text": "Speaker 1: a\nSpeaker 2: b",
         "speakers": {"1": {"reference_audio": "data:audio/wav;base64," + _b64(_encode(np.zeros(24000), 24000))}},

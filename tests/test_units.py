@@ -26,7 +26,7 @@ def test_settings_defaults(monkeypatch):
             monkeypatch.delenv(name)
     s = load_settings()
     assert s.model == "vibevoice/VibeVoice-7B-hf"
-    assert (s.cfg_scale, s.diffusion_steps, s.max_text_chars) == (1.3, 10, 5000)
+    assert (s.cfg_scale, s.diffusion_steps, s.max_text_chars) == (1.3, 10, 30000)
     runtime = resolve_runtime(s)
     assert (runtime.device, runtime.dtype, runtime.attn_implementation) == ("cpu", "float32", "sdpa")
 

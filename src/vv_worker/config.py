@@ -85,6 +85,14 @@ class Settings(BaseSettings):
         description="Library voice used when a request names none; when left at its default and that voice's "
         "recording is absent, the first available voice",
     )
+    voice_store_dir: Path = Field(
+        Path("registered-voices"),
+        description="Folder for registered voices when no RunPod network volume is mounted (then the volume's "
+        "vv-worker/voices is used)",
+    )
+    max_registered_voices: int = Field(
+        limits.DEFAULT_MAX_REGISTERED_VOICES, ge=1, le=10_000, description="Most voices the store may hold"
+    )
     url_timeout_s: float = Field(15.0, gt=0, le=300, allow_inf_nan=False, description="reference_audio_url timeout")
     url_max_bytes: int = Field(20_000_000, ge=1024, le=500_000_000, description="reference_audio_url size cap")
     reference_min_s: float = Field(1.0, gt=0, le=600, allow_inf_nan=False, description="Shortest voice after trim")

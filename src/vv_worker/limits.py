@@ -52,8 +52,18 @@ URL_CHARS = 4096
 SPEAKER_NUMBER_DIGITS = 3  # the N of "Speaker N:" lines and of ``speakers`` keys: 0 to 999
 
 # --- text -------------------------------------------------------------------------------------------------------
-DEFAULT_MAX_TEXT_CHARS = 5000
-DEFAULT_MAX_TEXT_TOKENS = 6000  # by the checkpoint's tokenizer; see Settings.max_text_tokens
+DEFAULT_MAX_TEXT_CHARS = 30_000  # a request's text, or all its segments' texts together: about 33 min of speech
+DEFAULT_MAX_TEXT_TOKENS = 36_000  # all the request's text, by the checkpoint's tokenizer; see Settings.max_text_tokens
+# pause tags (pauses.py) and chunks (longform.py: CHUNK_MAX_CHARS) declare their own bounds next to their parsers
+
+# --- segments ---------------------------------------------------------------------------------------------------
+MAX_SEGMENTS = 50
+GAP_SECONDS = Bound(0.0, 10.0)  # silence between segments in the concatenation
+DEFAULT_GAP_SECONDS = 0.5
+
+# --- registered voices (voice_store.py) -------------------------------------------------------------------------
+REGISTERED_VOICE_DESCRIPTION_CHARS = 200
+DEFAULT_MAX_REGISTERED_VOICES = 100  # VV_MAX_REGISTERED_VOICES
 
 # --- reference audio files --------------------------------------------------------------------------------------
 REFERENCE_FILE_RATE = Bound(8_000, 192_000, int)  # Hz

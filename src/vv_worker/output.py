@@ -36,9 +36,9 @@ def render(samples: np.ndarray, request: SynthesisRequest) -> tuple[np.ndarray, 
     return samples, rate, loudness
 
 
-def deliver(encoded: bytes, output_format: str, settings: Settings) -> dict:
-    """Inline base64 when small enough; otherwise uploaded to the configured bucket."""
-    limit = settings.max_inline_bytes
+def deliver(encoded: bytes, output_format: str, settings: Settings, inline_limit: int | None = None) -> dict:
+    """Inline base64 when small enough (``inline_limit``, default VV_MAX_INLINE_BYTES); else uploaded to the bucket."""
+    limit = settings.max_inline_bytes if inline_limit is None else inline_limit
     if len(encoded) <= limit:
         return {"audio_b64": base64.b64encode(encoded).decode("ascii")}
     credentials = settings.bucket_credentials()

@@ -23,6 +23,8 @@ import numpy as np
 from . import audio
 from .config import Settings
 from .engine.base import GenerationJob, JobStopped
+from .longform import CHUNK_MAX_CHARS
+from .pauses import PauseError, find_pauses, has_tags
 from .prompt import Script, ScriptError, parse_script
 from .schema import VOICE_SOURCES, RequestError, SpeakerVoice, SynthesisRequest, parse_request
 from .voices import VoiceError, VoiceLibrary, fetch_url, reference_from_base64
@@ -128,13 +130,16 @@ def check_request(
     """The checks that need neither the model nor a voice: shape and bounds, the script, output and streaming
     options. Entry points can run them before loading anything."""
     request = parse_request(payload, max_text_chars=settings.max_text_chars)
+    if request.stream:  # first: it refuses segments, pause tags and long texts, which are not one generation
+        check_streamable(request, streaming_endpoint=streaming_endpoint, can_stream=can_stream)
+    elif request.text is None or len(request.text) > CHUNK_MAX_CHARS or has_tags(request.text):
+        # a caller's mistake, not the user's: the service sends these through compose.compose
+        raise ValueError("a Plan is one generation; segments, pause tags and long texts go through compose")
     try:
         script = parse_script(request.text)
     except ScriptError as error:
         raise RequestError(f"invalid input: {error}") from None
     audio.check_output_format(request.output_format, request.sample_rate)
-    if request.stream:
-        check_streamable(request, streaming_endpoint=streaming_endpoint, can_stream=can_stream)
     return request, script
 
 
@@ -162,6 +167,22 @@ def check_streamable(request: SynthesisRequest, *, streaming_endpoint: bool, can
         raise RequestError(
             f"invalid input: {', '.join(refused)}: not available with stream: true (chunks are PCM 16-bit "
             "24 kHz as generated); leave them at their defaults or do not stream"
+        )
+    if request.segments is not None:
+        raise RequestError("invalid input: segments: not available with stream: true; send one text, or do not stream")
+    try:
+        tags = find_pauses(request.text or "")
+    except PauseError as error:
+        raise RequestError(f"invalid input: {error}") from None
+    if tags:
+        raise RequestError(
+            f"invalid input: text: pause tags are not available with stream: true (the first is at character "
+            f"{tags[0][2].position}); remove them or do not stream"
+        )
+    if len(request.text or "") > CHUNK_MAX_CHARS:
+        raise RequestError(
+            f"invalid input: text: {len(request.text)} characters; with stream: true a text is one generation, "
+            f"at most {CHUNK_MAX_CHARS} characters (longer texts are split into chunks only without stream)"
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -40,6 +40,39 @@ def echo(value: object) -> str:
     if len(shown) > limits.ERROR_ECHO_CHARS:
         shown = shown[: limits.ERROR_ECHO_CHARS - 3] + "..."
     return shown
+
+
+def check_text(value: str, info: ValidationInfo) -> str:
+    """A text (the request's or a segment's), cleaned: not empty, something visible, within the length limit."""
+    cleaned = clean_text(value)
+    if not cleaned:
+        raise ValueError("text is empty after removing whitespace and control characters")
+    if not any(unicodedata.category(ch).startswith(_VISIBLE) for ch in cleaned):
+        raise ValueError(
+            "text has no visible characters (only invisible ones such as zero-width spaces, byte-order marks "
+            "or combining marks without a letter); nothing could be spoken"
+        )
+    limit = (info.context or {}).get("max_text_chars", limits.DEFAULT_MAX_TEXT_CHARS)
+    if len(cleaned) > limit:
+        raise ValueError(
+            f"text has {len(cleaned)} characters, more than the limit of {limit}; "
+            "split it into several requests (it is never truncated)"
+        )
+    return cleaned
+
+
+def speaker_sources(value: Any) -> Any:
+    """``speakers`` keys are the N of 'Speaker N:' lines, spelled one way only; a bare string is a voice name."""
+    if isinstance(value, dict):
+        for key in value:
+            if not (isinstance(key, str) and _SPEAKER_KEY.fullmatch(key)):
+                raise ValueError(
+                    f"key {echo(key)} is not a speaker number; keys are the N of 'Speaker N:' lines written "
+                    f"in ASCII digits without leading zeros (0 to {10**limits.SPEAKER_NUMBER_DIGITS - 1}), "
+                    "so each speaker has one key"
+                )
+        return {key: {"voice": item} if isinstance(item, str) else item for key, item in value.items()}
+    return value
 
 
 class _Strict(BaseModel):
@@ -75,10 +108,41 @@ class SpeakerVoice(_Strict):
         return self
 
 
+class Segment(_Strict):
+    """One segment of a request with ``segments``: its text, and voices and seed that override the request's."""
+
+    text: str = Field(description="What this segment says; may hold pause tags")
+    voice: str | None = Field(None, min_length=1, max_length=limits.VOICE_NAME_CHARS)
+    reference_audio: str | None = Field(None, min_length=1)
+    reference_audio_url: str | None = Field(None, min_length=1, max_length=limits.URL_CHARS)
+    speakers: dict[str, SpeakerVoice] | None = None
+    seed: limits.SEED.annotated() | None = None
+
+    @field_validator("speakers", mode="before")
+    @classmethod
+    def _speaker_keys_and_names(cls, value: Any) -> Any:
+        return speaker_sources(value)
+
+    @field_validator("text")
+    @classmethod
+    def _clean_and_bound_text(cls, value: str, info: ValidationInfo) -> str:
+        return check_text(value, info)
+
+    @model_validator(mode="after")
+    def _one_voice_source(self) -> Segment:
+        given = [name for name in VOICE_SOURCES if getattr(self, name)]
+        if len(given) > 1:
+            raise ValueError(f"give at most one voice source, got {' and '.join(given)}")
+        return self
+
+
 class SynthesisRequest(_Strict):
     """One text-to-speech job. Validate with :func:`parse_request`."""
 
-    text: str = Field(description="What to say. Control characters are removed; never truncated.")
+    # ``str`` with a None default: leaving text out is allowed (for segments), an explicit null is not
+    text: str = Field(
+        None, description="What to say; may hold pause tags. Control characters are removed; never truncated."
+    )
     voice: str | None = Field(None, min_length=1, max_length=limits.VOICE_NAME_CHARS, description="A library voice")
     reference_audio: str | None = Field(None, min_length=1, description="Base64 audio of the voice to clone")
     reference_audio_url: str | None = Field(
@@ -96,41 +160,24 @@ class SynthesisRequest(_Strict):
     normalize: limits.LOUDNESS_LUFS.annotated() | None = Field(None, description="Target integrated loudness, LUFS")
     trim_silence: bool = Field(False, description="Trim leading and trailing silence from the output")
     stream: bool = Field(False, description="Yield audio chunks while generating (needs VV_STREAMING=true)")
+    segments: list[Segment] = Field(
+        None, min_length=1, max_length=limits.MAX_SEGMENTS, description="Instead of text: one audio per segment"
+    )
+    concat: bool = Field(False, description="With segments: also return the segments joined, gap apart")
+    gap: limits.GAP_SECONDS.annotated() | None = Field(
+        None, description=f"With concat: seconds of silence between segments (default {limits.DEFAULT_GAP_SECONDS})"
+    )
     action: Literal["synthesize"] = "synthesize"
 
     @field_validator("speakers", mode="before")
     @classmethod
     def _speaker_keys_and_names(cls, value: Any) -> Any:
-        """Keys are the N of 'Speaker N:' lines, spelled one way only; a bare string is a library voice name."""
-        if isinstance(value, dict):
-            for key in value:
-                if not (isinstance(key, str) and _SPEAKER_KEY.fullmatch(key)):
-                    raise ValueError(
-                        f"key {echo(key)} is not a speaker number; keys are the N of 'Speaker N:' lines written "
-                        f"in ASCII digits without leading zeros (0 to {10**limits.SPEAKER_NUMBER_DIGITS - 1}), "
-                        "so each speaker has one key"
-                    )
-            return {key: {"voice": item} if isinstance(item, str) else item for key, item in value.items()}
-        return value
+        return speaker_sources(value)
 
     @field_validator("text")
     @classmethod
     def _clean_and_bound_text(cls, value: str, info: ValidationInfo) -> str:
-        cleaned = clean_text(value)
-        if not cleaned:
-            raise ValueError("text is empty after removing whitespace and control characters")
-        if not any(unicodedata.category(ch).startswith(_VISIBLE) for ch in cleaned):
-            raise ValueError(
-                "text has no visible characters (only invisible ones such as zero-width spaces, byte-order marks "
-                "or combining marks without a letter); nothing could be spoken"
-            )
-        limit = (info.context or {}).get("max_text_chars", limits.DEFAULT_MAX_TEXT_CHARS)
-        if len(cleaned) > limit:
-            raise ValueError(
-                f"text has {len(cleaned)} characters, more than the limit of {limit}; "
-                "split it into several requests (it is never truncated)"
-            )
-        return cleaned
+        return check_text(value, info)
 
     @model_validator(mode="after")
     def _one_voice_source(self) -> SynthesisRequest:
@@ -138,6 +185,53 @@ class SynthesisRequest(_Strict):
         if len(given) > 1:
             raise ValueError(f"give at most one voice source, got {' and '.join(given)}")
         return self
+
+    @model_validator(mode="after")
+    def _text_or_segments(self, info: ValidationInfo) -> SynthesisRequest:
+        if self.text is None and self.segments is None:
+            raise ValueError("text: required field is missing (or give segments instead)")
+        if self.text is not None and self.segments is not None:
+            raise ValueError("give either text or segments, not both")
+        if self.segments is None and (self.concat or self.gap is not None):
+            raise ValueError("concat and gap apply to segments; this request has text")
+        if self.gap is not None and not self.concat:
+            raise ValueError("gap is the silence between segments in the concatenation; it needs concat: true")
+        if self.segments:
+            total = sum(len(segment.text) for segment in self.segments)
+            limit = (info.context or {}).get("max_text_chars", limits.DEFAULT_MAX_TEXT_CHARS)
+            if total > limit:
+                raise ValueError(
+                    f"the segments' texts have {total} characters together, more than the limit of {limit}; "
+                    "split them into several requests (they are never truncated)"
+                )
+        return self
+
+    @property
+    def gap_seconds(self) -> float:
+        return limits.DEFAULT_GAP_SECONDS if self.gap is None else self.gap
+
+
+class RegisterVoiceRequest(_Strict):
+    """``action: register_voice``: store a reference voice under a name, usable as ``voice`` afterwards."""
+
+    action: Literal["register_voice"]
+    name: str = Field(min_length=1, max_length=limits.VOICE_NAME_CHARS)
+    reference_audio: str | None = Field(None, min_length=1)
+    reference_audio_url: str | None = Field(None, min_length=1, max_length=limits.URL_CHARS)
+    description: str | None = Field(None, max_length=limits.REGISTERED_VOICE_DESCRIPTION_CHARS)
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> RegisterVoiceRequest:
+        if (self.reference_audio is None) == (self.reference_audio_url is None):
+            raise ValueError("give exactly one of reference_audio or reference_audio_url")
+        return self
+
+
+class DeleteVoiceRequest(_Strict):
+    """``action: delete_voice``: remove a registered voice."""
+
+    action: Literal["delete_voice"]
+    name: str = Field(min_length=1, max_length=limits.VOICE_NAME_CHARS)
 
 
 ALLOWED = {
@@ -150,7 +244,9 @@ ALLOWED = {
     "normalize": f"a target loudness in LUFS from {limits.LOUDNESS_LUFS.low:g} to {limits.LOUDNESS_LUFS.high:g}, "
     "or null",
     "output_format": ", ".join(OUTPUT_FORMATS),
-    "action": "synthesize or list_voices",
+    "action": "synthesize, list_voices, register_voice or delete_voice",
+    "gap": limits.GAP_SECONDS.allowed + " (seconds)",
+    "segments": f"a list of 1 to {limits.MAX_SEGMENTS} segments, each an object with text",
 }
 
 
@@ -167,20 +263,29 @@ def _location(loc: tuple) -> str:
     return ".".join(field_label(str(part)) for part in loc) or "input"
 
 
-def _describe_error(item: dict[str, Any]) -> str:
+def _parent_model(loc: tuple, root: type[BaseModel]) -> type[BaseModel]:
+    """The model an unknown field at ``loc`` was found in."""
+    names = {str(part) for part in loc[:-1]}
+    for name, model in (("speakers", SpeakerVoice), ("voice_settings", VoiceSettings), ("segments", Segment)):
+        if name in names:
+            return model
+    return root
+
+
+def _describe_error(item: dict[str, Any], root: type[BaseModel] = SynthesisRequest) -> str:
     loc = _location(item["loc"])
     kind = item["type"]
     if kind == "extra_forbidden":
-        parent = {"voice_settings": VoiceSettings, "speakers": SpeakerVoice}.get(str(item["loc"][0]), SynthesisRequest)
-        return f"{loc}: unknown field; allowed fields are: {_field_names(parent)}"
+        return f"{loc}: unknown field; allowed fields are: {_field_names(_parent_model(item['loc'], root))}"
     if kind == "missing":
         return f"{loc}: required field is missing"
     message = re.sub(r"^Value error, ", "", item["msg"])
     if kind.startswith(("greater", "less", "finite")) or kind.endswith("_type") or kind == "literal_error":
         message = f"{message} (got {echo(item.get('input'))})"
-    if loc in ALLOWED:
-        message = f"{message}; allowed: {ALLOWED[loc]}"
-    elif loc.startswith("speakers.") and loc.count(".") == 1:
+    key = re.sub(r"^segments\.\d+\.", "", loc)  # a segment's field is allowed what the request's is
+    if key in ALLOWED:
+        message = f"{message}; allowed: {ALLOWED[key]}"
+    elif key.startswith("speakers.") and key.count(".") == 1:
         message = f"{message}; allowed: a library voice name, or an object with one of {_field_names(SpeakerVoice)}"
     return f"{loc}: {message}"
 
@@ -193,9 +298,9 @@ def describe_problems(problems: list[str]) -> str:
     return "invalid input: " + "; ".join(shown) + tail
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError, root: type[BaseModel] = SynthesisRequest) -> str:
     """One entry per problem: ``field.path: what was wrong (got value)``, bounded in length."""
-    return describe_problems([_describe_error(item) for item in error.errors()])
+    return describe_problems([_describe_error(item, root) for item in error.errors()])
 
 
 def find_lone_surrogate(payload: object) -> str | None:
@@ -237,3 +342,17 @@ def parse_request(payload: Any, *, max_text_chars: int = limits.DEFAULT_MAX_TEXT
         return SynthesisRequest.model_validate(payload, context={"max_text_chars": max_text_chars})
     except ValidationError as error:
         raise RequestError(describe_validation_error(error)) from None
+
+
+def parse_action(payload: dict, model: type[ActionRequest]) -> ActionRequest:
+    """Validate the input of a voice action (``register_voice``, ``delete_voice``) like a request."""
+    surrogate = find_lone_surrogate(payload)
+    if surrogate:
+        raise RequestError(f"invalid input: {surrogate}")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        raise RequestError(describe_validation_error(error, model)) from None
+
+
+ActionRequest = TypeVar("ActionRequest", RegisterVoiceRequest, DeleteVoiceRequest)

@@ -9,12 +9,15 @@ import logging
 from collections.abc import Iterator
 
 from . import memory, output
+from .compose import compose
+from .compose import run as run_composition
 from .config import ConfigError, Settings
 from .engine.base import Engine, GenerationResult, ProgressCallback
 from .limits import ERROR_PROBLEMS_SHOWN
-from .plan import Plan, frame_cap, make_plan
-from .schema import RequestError, field_label
-from .voices import VoiceLibrary
+from .plan import Plan, TimeLimit, frame_cap, load_voice, make_plan
+from .schema import DeleteVoiceRequest, RegisterVoiceRequest, RequestError, SpeakerVoice, field_label, parse_action
+from .voice_store import VoiceCatalog, VoiceStore, check_name, default_root
+from .voices import VoiceError, VoiceLibrary
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +55,24 @@ class SynthesisService:
 
         source = resolve_model(settings.model, revision=settings.model_revision)
         engine = load_engine(settings, path=source.path)
-        return cls(settings, engine, VoiceLibrary(settings.voices_dir))
+        store = VoiceStore(
+            default_root(settings.voice_store_dir),
+            max_voices=settings.max_registered_voices,
+            min_seconds=settings.reference_min_s,
+            max_seconds=settings.reference_max_s,
+        )
+        return cls(settings, engine, VoiceCatalog(settings.voices_dir, store))
 
     # --- entry points -------------------------------------------------------------------------
 
     def handle(self, payload: object, on_progress: ProgressCallback | None = None) -> dict:
-        """A job's input, dispatched on its ``action``: ``synthesize`` (the default) or ``list_voices``."""
+        """A job's input, dispatched on its ``action``: ``synthesize`` (the default), ``list_voices``,
+        ``register_voice`` or ``delete_voice``."""
         try:
-            if isinstance(payload, dict) and payload.get("action") == "list_voices":
+            action = payload.get("action") if isinstance(payload, dict) else None
+            if action in ("register_voice", "delete_voice"):
+                return self.manage_voice(payload)
+            if action == "list_voices":
                 extra = sorted((key for key in payload if key != "action"), key=str)
                 if extra:
                     shown = ", ".join(field_label(key) for key in extra[:ERROR_PROBLEMS_SHOWN])
@@ -73,29 +86,49 @@ class SynthesisService:
             memory.release()
 
     def synthesize(self, payload: object, on_progress: ProgressCallback | None = None) -> dict:
-        """The whole audio in one response."""
-        plan = self.plan(payload, streaming_endpoint=False)
-        return self.respond(plan, self.engine.generate(plan.job, on_progress=on_progress))
+        """The whole audio in one response: pause tags, long texts and segments included (``compose.py``)."""
+        composition = compose(payload, settings=self.settings, library=self.voices, count_tokens=self.count_tokens)
+        return run_composition(composition, self.engine, self.settings, on_progress)
 
     def stream(self, payload: object, on_progress: ProgressCallback | None = None) -> Iterator[dict]:
         """For a streaming endpoint: chunks of PCM 16-bit 24 kHz while generating, then a summary.
 
-        A request without ``stream: true`` yields its ordinary response as the single item.
+        A job without ``stream: true`` (any action) yields its ordinary output as the single item.
         """
         try:
-            plan = self.plan(payload)
-            if not plan.request.stream:
-                yield self.respond(plan, self.engine.generate(plan.job, on_progress=on_progress))
+            if not (isinstance(payload, dict) and payload.get("stream") is True):
+                yield self.handle(payload, on_progress)  # every action, and synthesis without stream
                 return
+            plan = self.plan(payload)
             yield from output.stream_items(plan, self.engine.stream(plan.job, on_progress=on_progress), self.engine)
         finally:
             memory.release()
 
     def list_voices(self) -> dict:
+        registered = self.voices.store.list() if isinstance(self.voices, VoiceCatalog) else []
         return {
             "voices": [entry.public() for entry in self.voices.available()],
             "default_voice": self.default_voice(),
+            "registered_voices": registered,
         }
+
+    def manage_voice(self, payload: dict) -> dict:
+        """``register_voice`` (a reference, decoded and checked like any other, stored under a name) or
+        ``delete_voice``."""
+        if not isinstance(self.voices, VoiceCatalog):
+            raise RequestError(f"invalid input: action: {payload['action']} needs a voice store; this worker has none")
+        store = self.voices.store
+        if payload["action"] == "delete_voice":
+            request = parse_action(payload, DeleteVoiceRequest)
+            store.delete(request.name)
+            return {"success": True, "deleted": request.name}
+        request = parse_action(payload, RegisterVoiceRequest)
+        key = check_name(request.name)
+        if self.voices.in_library(key):
+            raise VoiceError(f"name: {request.name!r} is a library voice; choose another name")
+        source = SpeakerVoice(reference_audio=request.reference_audio, reference_audio_url=request.reference_audio_url)
+        voice = load_voice(source, "", self.settings, self.voices, TimeLimit(self.settings.job_timeout))
+        return {"success": True, "registered": store.register(request.name, voice.samples, request.description)}
 
     # --- the steps ----------------------------------------------------------------------------
 

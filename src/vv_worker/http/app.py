@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -98,6 +99,27 @@ def create_app(state: ServerState) -> FastAPI:
     @app.get("/v1/audio/voices")
     async def voices() -> dict:
         return ready().list_voices()
+
+    async def voice_action(payload: dict) -> JSONResponse:
+        """``register_voice`` / ``delete_voice`` through the worker's own action (docs/API.md, Registered voices)."""
+        try:
+            return JSONResponse(await asyncio.to_thread(ready().handle, payload))
+        except SpeechError:
+            raise
+        except Exception as error:
+            failure = _speech_error(error, f"http-{uuid.uuid4().hex[:12]}", state)
+            return JSONResponse(failure.body(), status_code=failure.status)
+
+    @app.post("/v1/audio/voices")
+    async def register_voice(request: Request) -> JSONResponse:
+        payload = await _read_json(request)
+        if not isinstance(payload, dict):
+            raise SpeechError(f"the request body must be a JSON object, got {type(payload).__name__}")
+        return await voice_action({**payload, "action": "register_voice"})
+
+    @app.delete("/v1/audio/voices/{name}")
+    async def delete_voice(name: str) -> JSONResponse:
+        return await voice_action({"action": "delete_voice", "name": name})
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> str:
