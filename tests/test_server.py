@@ -71,7 +71,7 @@ def test_models_and_voices(client, server):
     ids = [model.id for model in client.models.list()]
     assert {"tts-1", "tts-1-hd", "gpt-4o-mini-tts", "vibevoice"} <= set(ids)
     with urllib.request.urlopen(f"{server.base}/v1/audio/voices") as response:
-        assert json.load(response) == {"voices": [], "default_voice": None}
+        assert json.load(response) == {"voices": [], "registered_voices": [], "default_voice": None}
 
 
 @pytest.mark.parametrize("response_format", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
@@ -203,7 +203,7 @@ def test_concurrent_requests_are_all_served_and_ping_answers_meanwhile(client, s
 
 def test_a_client_that_leaves_mid_stream_does_not_block_the_next(client, server):
     with client.audio.speech.with_streaming_response.create(
-        model="tts-1", input=LONG_TEXT * 3, voice=openai.omit, response_format="pcm", extra_body={"seed": 1}
+        model="tts-1", input=LONG_TEXT, voice=openai.omit, response_format="pcm", extra_body={"seed": 1}
     ) as response:
         next(response.iter_bytes())  # then leave
     started = time.perf_counter()
@@ -294,3 +294,21 @@ def test_server_refuses_the_reference_engine_and_bad_ports(subprocess_env, tmp_p
             [sys.executable, "-m", "vv_worker.server"], env={**subprocess_env, **env}, capture_output=True, text=True
         )
         assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_texts_longer_than_one_generation_and_pauses_come_back_whole(client):
+    """Over one generation (600 characters, or pause tags) the worker splits, generates together and
+    joins the chunks; the server then sends the audio once it is whole."""
+    long_text = LONG_TEXT * 3
+    assert len(long_text) > 600
+    response = client.audio.speech.create(
+        model="tts-1", input=long_text, voice=openai.omit, response_format="wav", extra_body={"seed": 2}
+    )
+    samples, rate = decode(response.content)
+    assert rate == 24000 and samples.size > 0
+    paused = client.audio.speech.create(
+        model="tts-1", input="Before. [pause 2s] After.", voice=openai.omit, response_format="pcm"
+    )
+    pcm = np.frombuffer(paused.content, dtype="<i2")
+    assert pcm.size >= 2 * 24000
+    assert (pcm == 0).sum() >= 2 * 24000  # the pause is exact silence, 48,000 samples at least

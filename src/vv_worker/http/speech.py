@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import soundfile as sf
 
 from .. import audio
+from ..longform import CHUNK_MAX_CHARS
+from ..pauses import has_tags
 from ..service import SynthesisService
 from .encoders import stream_encoder
 from .openai import SpeechRequest
@@ -37,6 +41,9 @@ def speech_chunks(service: SynthesisService, request: SpeechRequest) -> Iterator
     needs the whole audio (the time stretch looks ahead), so the first chunk comes after generation.
     Raises the service's errors (bad input first, before any chunk).
     """
+    if len(request.input) > CHUNK_MAX_CHARS or has_tags(request.input):
+        yield from _whole(service, request)
+        return
     stream = service.stream(request.worker_payload())
     summary: dict = {}
     if request.speed == 1.0:
@@ -55,12 +62,29 @@ def speech_chunks(service: SynthesisService, request: SpeechRequest) -> Iterator
             else:
                 summary = item
         samples = np.concatenate(parts).astype(np.float32) / 32768 if parts else np.zeros(0, np.float32)
-        stretched = audio.time_stretch(samples, request.speed)
-        pcm = np.frombuffer(audio.encode_pcm16(stretched), dtype="<i2")
-        encoder = stream_encoder(request.response_format, total_samples=pcm.size)
+        encoder, pcm = _stretched(request, samples)
         yield Chunk(encoder.encode(pcm), pcm.size)
     yield Chunk(encoder.finish(), 0)
     yield Done(usage(service, request.input, summary), summary)
+
+
+def _stretched(request: SpeechRequest, samples: np.ndarray):
+    """An encoder for the whole audio at ``request.speed``, and that audio as 16-bit PCM."""
+    stretched = audio.time_stretch(samples, request.speed)
+    pcm = np.frombuffer(audio.encode_pcm16(stretched), dtype="<i2")
+    return stream_encoder(request.response_format, total_samples=pcm.size), pcm
+
+
+def _whole(service: SynthesisService, request: SpeechRequest) -> Iterator[Chunk | Done]:
+    """A text that is more than one generation (long, or with pause tags): the worker splits it into
+    chunks generated together and joins them, so the audio is sent once it is whole."""
+    payload = {key: value for key, value in request.worker_payload().items() if key != "stream"}
+    result = service.synthesize({**payload, "output_format": "wav", "sample_rate": audio.MODEL_SAMPLE_RATE})
+    samples, _ = sf.read(io.BytesIO(base64.b64decode(result.pop("audio_b64"))), dtype="float32")
+    encoder, pcm = _stretched(request, samples)
+    yield Chunk(encoder.encode(pcm), pcm.size)
+    yield Chunk(encoder.finish(), 0)
+    yield Done(usage(service, request.input, result), result)
 
 
 def usage(service: SynthesisService, text: str, summary: dict) -> dict:
