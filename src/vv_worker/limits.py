@@ -30,9 +30,10 @@ class Bound:
     @property
     def allowed(self) -> str:
         noun = "an integer" if self.kind is int else "a number"
+        low, high = (f"{self.low}", f"{self.high}") if self.kind is int else (f"{self.low:g}", f"{self.high:g}")
         if self.low_exclusive:
-            return f"{noun} above {self.low:g} and at most {self.high:g}"
-        return f"{noun} from {self.low:g} to {self.high:g}"
+            return f"{noun} above {low} and at most {high}"
+        return f"{noun} from {low} to {high}"
 
     def __contains__(self, value: float) -> bool:
         above = value > self.low if self.low_exclusive else value >= self.low
